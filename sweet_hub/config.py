@@ -1,0 +1,247 @@
+"""The template config: the schema of ``config.json`` and the sizes a template can build.
+
+A template is size-agnostic; its config says what every materialized model shares (input,
+patching, head dim, ranks) and which sizes the template was trained at (the anchors). This module
+validates all of it in one place so that every error names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from .errors import SizeError, TemplateConfigError
+
+__all__ = [
+    "vit_args",
+    "timm_pretrained_cfg",
+    "FORMAT_VERSION",
+    "MAX_DEPTH",
+    "MAX_WIDTH",
+    "TemplateConfig",
+    "size_key",
+    "parse_size_key",
+]
+
+#: Version of the on-disk artefact (config.json + safetensors layout). Bump on any change
+#: that an older reader would misinterpret; readers refuse versions they do not know.
+FORMAT_VERSION = 1
+
+#: Sizes beyond these are refused: they are far past any ViT trained so far and would only
+#: exhaust memory while materializing.
+MAX_DEPTH = 256
+MAX_WIDTH = 16384
+
+_SIZE_KEY = re.compile(r"^d(\d+)_w(\d+)$")
+
+
+def size_key(depth: int, width: int) -> str:
+    """Name of a size, as used for scaler files (``scalers/d{L}_w{D}.safetensors``)."""
+    return f"d{depth}_w{width}"
+
+
+def parse_size_key(key: str) -> tuple[int, int]:
+    """Inverse of :func:`size_key`."""
+    match = _SIZE_KEY.match(key)
+    if not match:
+        raise TemplateConfigError(f"'{key}' is not a size name; expected 'd<depth>_w<width>', e.g. 'd8_w128'.")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """Everything shared by the models a template materializes.
+
+    The MLP ratio is fixed at 4: the Tucker form stacks the 12 D x D blocks of a layer
+    (q, k, v, o, 4 row blocks of fc1, 4 column blocks of fc2), which needs hidden = 4 * width.
+    """
+
+    img_size: int = 28
+    patch_size: int = 7
+    in_chans: int = 1
+    num_classes: int = 10
+    head_dim: int = 32
+    ranks: tuple[int, int, int] = (48, 128, 128)
+    vector_rank: int = 16
+    anchors: tuple[tuple[int, int], ...] = ((4, 64), (8, 128), (12, 256))
+    mean: tuple[float, ...] = (0.2860,)
+    std: tuple[float, ...] = (0.3530,)
+    global_pool: str = "token"
+    # How derived scalers (sizes with no stored scaler file) are rescaled; see template.derive_scalers.
+    depth_rescale: bool = True
+    width_rescale: bool = True
+    label_names: tuple[str, ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("img_size", "patch_size", "in_chans", "head_dim", "vector_rank"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise TemplateConfigError(f"Template config field '{name}' must be a positive integer, got {value!r}.")
+        if not _is_int(self.num_classes) or self.num_classes < 0:
+            raise TemplateConfigError(f"Template config field 'num_classes' must be an integer >= 0, got {self.num_classes!r}.")
+        if self.img_size % self.patch_size:
+            raise TemplateConfigError(
+                f"img_size={self.img_size} is not a multiple of patch_size={self.patch_size}; "
+                f"use an img_size in {[self.patch_size * k for k in (2, 4, 8)]}."
+            )
+        ranks = tuple(self.ranks) if isinstance(self.ranks, (list, tuple)) else None
+        if ranks is None or len(ranks) != 3 or not all(_is_int(r) and r >= 1 for r in ranks):
+            raise TemplateConfigError(f"Template config field 'ranks' must be 3 positive integers (r1, r2, r3), got {self.ranks!r}.")
+        object.__setattr__(self, "ranks", ranks)
+        if not isinstance(self.anchors, (list, tuple)) or not self.anchors:
+            raise TemplateConfigError("Template config field 'anchors' must be a non-empty list of [depth, width] pairs.")
+        anchors = []
+        for anchor in self.anchors:
+            if not isinstance(anchor, (list, tuple)) or len(anchor) != 2:
+                raise TemplateConfigError(f"Anchor {anchor!r} is not a [depth, width] pair.")
+            depth, width = anchor
+            self.check_size(depth, width, what="anchor")
+            anchors.append((depth, width))
+        if len(set(anchors)) != len(anchors):
+            raise TemplateConfigError(f"Anchors must be distinct, got {anchors}.")
+        object.__setattr__(self, "anchors", tuple(sorted(anchors, key=lambda a: (a[1], a[0]))))
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or len(value) != self.in_chans:
+                raise TemplateConfigError(f"Template config field '{name}' must have in_chans={self.in_chans} values, got {value!r}.")
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+        if self.global_pool not in ("token", "avg"):
+            raise TemplateConfigError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}.")
+        if self.label_names is not None:
+            object.__setattr__(self, "label_names", tuple(self.label_names))
+
+    # sizes -----------------------------------------------------------------------------------
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def largest_anchor(self) -> tuple[int, int]:
+        return max(self.anchors, key=lambda a: (a[0] * a[1] ** 2, a[1]))
+
+    def valid_widths_near(self, width: int) -> list[int]:
+        """The multiples of head_dim closest to ``width`` (for error messages)."""
+        below = (width // self.head_dim) * self.head_dim
+        return [w for w in (below, below + self.head_dim) if self.head_dim <= w <= MAX_WIDTH]
+
+    def check_size(self, depth: Any, width: Any, what: str = "size") -> None:
+        """Raise :class:`SizeError` unless (depth, width) can be materialized."""
+        if not _is_int(depth) or not 1 <= depth <= MAX_DEPTH:
+            raise SizeError(f"{what} depth={depth!r} is not allowed: depth must be an integer in [1, {MAX_DEPTH}].")
+        if not _is_int(width) or width < self.head_dim:
+            raise SizeError(
+                f"{what} width={width!r} is not allowed: width must be an integer multiple of head_dim={self.head_dim}, "
+                f"at least {self.head_dim}."
+            )
+        if width > MAX_WIDTH:
+            raise SizeError(f"{what} width={width} is not allowed: width must be at most {MAX_WIDTH}.")
+        if width % self.head_dim:
+            near = self.valid_widths_near(width)
+            raise SizeError(
+                f"{what} width={width} is not a multiple of head_dim={self.head_dim} "
+                f"(num_heads = width / head_dim); nearest valid widths: {', '.join(map(str, near))}."
+            )
+
+    def nearest_anchor(self, depth: int, width: int) -> tuple[int, int]:
+        """Anchor closest to (depth, width) in log-size; ties go to the larger anchor.
+
+        Log distance treats 2x deeper and 2x narrower as equally far, which matches how the
+        scalers are resampled (by ratio, not by difference).
+        """
+        def distance(anchor: tuple[int, int]) -> tuple[float, int, int]:
+            d = abs(math.log(depth / anchor[0])) + abs(math.log(width / anchor[1]))
+            return (round(d, 9), -anchor[1], -anchor[0])
+
+        return min(self.anchors, key=distance)
+
+    def anchor_widths_between(self) -> list[int]:
+        """Multiples of head_dim from the smallest to the largest anchor width (stochastic scaling range)."""
+        widths = sorted({w for _, w in self.anchors})
+        return list(range(widths[0], widths[-1] + 1, self.head_dim))
+
+    # (de)serialization ----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("extra")
+        data["ranks"] = list(self.ranks)
+        data["anchors"] = [list(a) for a in self.anchors]
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        if self.label_names is None:
+            data.pop("label_names")
+        else:
+            data["label_names"] = list(self.label_names)
+        return data
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f for f in cls.__dataclass_fields__ if f != "extra"]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TemplateConfig":
+        """Build from a config.json mapping; unknown keys are kept in ``extra``, missing ones are errors."""
+        if not isinstance(data, Mapping):
+            raise TemplateConfigError(f"{source}: expected a JSON object, got {type(data).__name__}.")
+        required = [f for f in cls.field_names() if f not in ("label_names", "depth_rescale", "width_rescale", "global_pool", "vector_rank")]
+        missing = [f for f in required if f not in data]
+        if missing:
+            raise TemplateConfigError(f"{source} is missing the field(s) {', '.join(missing)}; a SWEET template config needs {', '.join(required)}.")
+        known = {k: data[k] for k in cls.field_names() if k in data}
+        extra = {k: v for k, v in data.items() if k not in known}
+        try:
+            return cls(**known, extra=extra)
+        except TemplateConfigError as e:
+            raise TemplateConfigError(f"{source}: {e}") from None
+        except TypeError as e:  # wrong JSON types deep inside (e.g. a string where a list is expected)
+            raise TemplateConfigError(f"{source}: {e}") from None
+
+
+
+def vit_args(cfg: TemplateConfig, depth: int, width: int) -> dict[str, Any]:
+    """timm ``VisionTransformer`` arguments of the model a template materializes at (depth, width)."""
+    cfg.check_size(depth, width)
+    return dict(
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        num_classes=cfg.num_classes,
+        embed_dim=width,
+        depth=depth,
+        num_heads=width // cfg.head_dim,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        class_token=True,
+        global_pool=cfg.global_pool,
+        fc_norm=False,  # keep the final norm under the key 'norm' for every pooling type
+    )
+
+
+def timm_pretrained_cfg(cfg: TemplateConfig) -> dict[str, Any]:
+    """The timm ``pretrained_cfg`` (data config, classifier names) shared by every materialized size."""
+    out: dict[str, Any] = dict(
+        input_size=(cfg.in_chans, cfg.img_size, cfg.img_size),
+        fixed_input_size=True,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        crop_mode="center",
+        mean=cfg.mean,
+        std=cfg.std,
+        num_classes=cfg.num_classes,
+        first_conv="patch_embed.proj",
+        classifier="head",
+        license="apache-2.0",
+        paper_ids="arXiv:2601.19694",
+        paper_name="Self-Supervised Weight Templates for Scalable Vision Model Initialization",
+    )
+    if cfg.label_names:
+        out["label_names"] = cfg.label_names
+    return out
