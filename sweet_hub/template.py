@@ -3,20 +3,24 @@
 The 12 D x D blocks of every layer of an L-layer ViT (q, k, v, o, the 4 row blocks of fc1 and the
 4 column blocks of fc2) are stacked into W of shape (12L, D, D) and kept in Tucker form
 
-    W = G x1 X x2 U x3 V,      block (l, b) = U @ (sum_a X[l, b, a] G[a]) @ V.T / sqrt(D)
+    W = G x1 X x2 U x3 V,      block (l, b) = U @ (sum_a X[l, b, a] G[a]) @ V.T * c_D
 
 G (r1, r2, r3) is the *template*, shared by all sizes; X (L, 12, r1), U (D, r2), V (D, r3) are
 the *scalers* of one size. Every other tensor with a width axis is also stored in r-space and
 mapped to width D by U (what a layer writes into the residual stream) or V (what it reads):
 
-    patch embedding, pos embedding, class token, biases, norm weights  ->  U @ core
-    classifier                                                         ->  core @ V.T / sqrt(D)
-    per-layer vectors (13 per layer)                                   ->  U @ (X_vec @ G_vec)
+    patch embedding, pos embedding, class token, biases, norm weights  ->  U @ core * c
+    classifier                                                         ->  core @ V.T * c
+    per-layer vectors (13 per layer)                                   ->  U @ (X_vec @ G_vec) * c
 
-so the template file holds no size-specific tensor and a new size needs only its scalers. The
-1/sqrt(D) factor (muP-like) keeps every materialized block at variance ~1/(2D) at every width
-when U and V have O(1) entries. LayerNorm weights are stored as offsets from 1 so that a zero
-core is the usual identity init.
+so the template file holds no size-specific tensor and a new size needs only its scalers.
+
+Parametrization: every stored factor has O(1) entries and each contraction carries a constant
+1/sqrt(contracted ranks) (and 1/sqrt(D) for matrices, muP-like), e.g. c_D = (D r1 r2 r3)^-1/2.
+This keeps materialized blocks at variance 1/(2D) at every width, and it makes one Adam learning
+rate right for all factors: with factors at their natural scales instead (G entries ~0.005), an
+Adam step moves G by the same absolute amount as U and the model collapses at lr 1e-3 (measured).
+LayerNorm weights are stored as offsets from 1 so that a zero core is the usual identity init.
 
 Sizes with no stored scalers get *derived* scalers (:func:`derive_scalers`): the nearest anchor's
 scalers resampled along depth (X) and width (U, V). Pre-training with width-wise stochastic
@@ -98,41 +102,34 @@ def scaler_shapes(cfg: TemplateConfig, depth: int, width: int) -> dict[str, tupl
 def init_cores(cfg: TemplateConfig, generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """Random template whose materialized models match timm's init statistics.
 
-    With X ~ N(0, 1/r1) and U, V ~ N(0, 1), G ~ N(0, 1/(2 r2 r3)) gives blocks of variance
-    1/(2D); the patch core gives fan-in init, pos/cls cores std 0.02, vectors start at zero.
+    With the constants of :func:`materialize_state_dict`, G ~ N(0, 1/2) and unit-variance
+    scalers give blocks of variance 1/(2D), the patch core gives fan-in init, pos/cls embeddings
+    get std 0.02, vectors start at zero (biases 0, norm weights 1).
     """
-    r1, r2, r3 = cfg.ranks
     shapes = core_shapes(cfg)
 
     def normal(name: str, std: float) -> Tensor:
         return torch.randn(shapes[name], generator=generator) * std
 
-    fan_in = cfg.in_chans * cfg.patch_size**2
     cores = {
-        "G": normal("G", (2 * r2 * r3) ** -0.5),
+        "G": normal("G", 0.5**0.5),
         "G_vec": torch.zeros(shapes["G_vec"]),
-        "patch_weight": normal("patch_weight", (r2 * fan_in) ** -0.5),
+        "patch_weight": normal("patch_weight", 1.0),
         "patch_bias": torch.zeros(shapes["patch_bias"]),
-        "pos_embed": normal("pos_embed", 0.02 / math.sqrt(r2)),
-        "cls_token": normal("cls_token", 0.02 / math.sqrt(r2)),
+        "pos_embed": normal("pos_embed", 0.02),
+        "cls_token": normal("cls_token", 0.02),
         "norm_weight": torch.zeros(shapes["norm_weight"]),
         "norm_bias": torch.zeros(shapes["norm_bias"]),
     }
     if cfg.num_classes:
-        cores["head_weight"] = normal("head_weight", 0.02 / math.sqrt(r3))
+        cores["head_weight"] = normal("head_weight", 1.0)
         cores["head_bias"] = torch.zeros(shapes["head_bias"])
     return cores
 
 
 def init_scalers(cfg: TemplateConfig, depth: int, width: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """Random scalers for one size (see :func:`init_cores` for the variances)."""
-    shapes = scaler_shapes(cfg, depth, width)
-    return {
-        "X": torch.randn(shapes["X"], generator=generator) * cfg.ranks[0] ** -0.5,
-        "X_vec": torch.randn(shapes["X_vec"], generator=generator) * cfg.vector_rank**-0.5,
-        "U": torch.randn(shapes["U"], generator=generator),
-        "V": torch.randn(shapes["V"], generator=generator),
-    }
+    """Random scalers for one size: unit-variance entries (see :func:`init_cores`)."""
+    return {name: torch.randn(shape, generator=generator) for name, shape in scaler_shapes(cfg, depth, width).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,15 +186,18 @@ def materialize_state_dict(
     """
     X, X_vec, U, V = scalers["X"], scalers["X_vec"], scalers["U"], scalers["V"]
     depth, width = X.shape[0], U.shape[0]
-    inv_sqrt_width = width**-0.5
+    r1, r2, r3 = cores["G"].shape
+    rv = cores["G_vec"].shape[0]
+    patch = cores["patch_weight"]
+    fan_in = patch[0].numel()
 
-    blocks = _tucker_blocks(X, cores["G"], U, V) * inv_sqrt_width  # (L, 12, D, D)
+    blocks = _tucker_blocks(X, cores["G"], U, V) * (width * r1 * r2 * r3) ** -0.5  # (L, 12, D, D)
     qkv_w = blocks[:, 0:3].reshape(depth, 3 * width, width)
     proj_w = blocks[:, 3]
     fc1_w = blocks[:, 4:8].reshape(depth, 4 * width, width)
     fc2_w = blocks[:, 8:12].permute(0, 2, 1, 3).reshape(depth, width, 4 * width)
 
-    vectors = (X_vec @ cores["G_vec"]) @ U.T  # (L, 13, D)
+    vectors = (X_vec @ cores["G_vec"]) @ U.T * (rv * r2) ** -0.5  # (L, 13, D)
     norm_offset = torch.zeros(VECTORS_PER_LAYER, 1, dtype=vectors.dtype, device=vectors.device)
     norm_offset[list(_NORM_WEIGHT_VECTORS)] = 1.0
     vectors = vectors + norm_offset
@@ -216,20 +216,20 @@ def materialize_state_dict(
         "mlp.fc2.bias": vectors[:, 12],
     }
 
-    patch = cores["patch_weight"]
+    u_scale = r2**-0.5
     out: dict[str, Tensor] = {
-        "cls_token": (U @ cores["cls_token"]).reshape(1, 1, width),
-        "pos_embed": (cores["pos_embed"] @ U.T).unsqueeze(0),
-        "patch_embed.proj.weight": (U @ patch.reshape(patch.shape[0], -1)).reshape(width, *patch.shape[1:]),
-        "patch_embed.proj.bias": U @ cores["patch_bias"],
+        "cls_token": (U @ cores["cls_token"] * u_scale).reshape(1, 1, width),
+        "pos_embed": (cores["pos_embed"] @ U.T * u_scale).unsqueeze(0),
+        "patch_embed.proj.weight": (U @ patch.reshape(r2, -1) * (r2 * fan_in) ** -0.5).reshape(width, *patch.shape[1:]),
+        "patch_embed.proj.bias": U @ cores["patch_bias"] * u_scale,
     }
     for name, stacked in per_layer.items():  # naming only: each entry is a view of one stacked tensor
         for layer, tensor in enumerate(stacked.unbind(0)):
             out[f"blocks.{layer}.{name}"] = tensor
-    out["norm.weight"] = 1.0 + U @ cores["norm_weight"]
-    out["norm.bias"] = U @ cores["norm_bias"]
+    out["norm.weight"] = 1.0 + U @ cores["norm_weight"] * u_scale
+    out["norm.bias"] = U @ cores["norm_bias"] * u_scale
     if "head_weight" in cores:
-        out["head.weight"] = (cores["head_weight"] @ V.T) * inv_sqrt_width
+        out["head.weight"] = cores["head_weight"] @ V.T * (width * r3) ** -0.5
         out["head.bias"] = cores["head_bias"]
     if dtype is not None:
         out = {k: v.to(dtype) for k, v in out.items()}

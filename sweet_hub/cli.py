@@ -1,0 +1,226 @@
+"""The ``sweet-hub`` command.
+
+    sweet-hub info TEMPLATE                              what a template holds
+    sweet-hub materialize TEMPLATE --depth L --width D   build a size into the cache, report timing
+    sweet-hub export TEMPLATE --depth L --width D OUT    a stock timm repo folder (no sweet-hub needed)
+    sweet-hub push FOLDER org/name                       upload a template or export folder to the Hub
+    sweet-hub cache [--clear]                            size of / clear the materialization cache
+
+TEMPLATE is a folder, a Hub repo id (org/name[@revision]) or ``bundled`` (the template shipped
+with sweet-hub). Errors are printed as one line naming the problem and the fix (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import SweetHubError
+
+__all__ = ["main"]
+
+
+def _template_source(name: str) -> str:
+    from .timm_models import BUNDLED_TEMPLATE
+
+    return str(BUNDLED_TEMPLATE) if name == "bundled" else name
+
+
+def _load(args: argparse.Namespace):
+    from .template import SweetTemplate
+
+    return SweetTemplate.from_pretrained(_template_source(args.template), revision=args.revision, token=args.token)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
+    from .hub import resolve_template_files
+
+    files = resolve_template_files(_template_source(args.template), revision=args.revision, token=args.token)
+    template = _load(args)
+    cfg = template.config
+    info = {
+        "source": files.source,
+        "format_version": files.config["sweet_format_version"],
+        "input": f"{cfg.in_chans}x{cfg.img_size}x{cfg.img_size}, patch {cfg.patch_size}",
+        "head_dim": cfg.head_dim,
+        "ranks": list(cfg.ranks),
+        "vector_rank": cfg.vector_rank,
+        "num_classes": cfg.num_classes,
+        "template_params": template.num_template_params(),
+        "template_bytes": files.template_path.stat().st_size,
+        "sizes": [
+            {"size": f"d{d}_w{w}", "source": template.scaler_source(d, w), "scaler_params": template.num_scaler_params(d, w),
+             "model_params": _vit_params(cfg, d, w)}
+            for d, w in template.sizes
+        ],
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return info
+    print(f"SWEET template  {info['source']}  (format v{info['format_version']})")
+    print(f"  input         {info['input']}, head_dim {cfg.head_dim}, classes {cfg.num_classes}, pool {cfg.global_pool}")
+    print(f"  ranks         {tuple(cfg.ranks)}, vector rank {cfg.vector_rank}")
+    print(f"  template      {info['template_params']:,} parameters, {_human_bytes(info['template_bytes'])}")
+    print(f"  {'size':<12}{'scalers':<22}{'scaler params':>14}{'model params':>14}")
+    for s in info["sizes"]:
+        print(f"  {s['size']:<12}{s['source']:<22}{s['scaler_params']:>14,}{s['model_params']:>14,}")
+    print("  any other depth >= 1 and width multiple of head_dim: scalers derived from the nearest anchor")
+    return info
+
+
+def _vit_params(cfg, depth: int, width: int) -> int:
+    n_tokens = cfg.num_patches + 1
+    per_layer = 12 * width * width + 13 * width
+    embed = width * (cfg.in_chans * cfg.patch_size**2 + 1) + n_tokens * width + width
+    head = cfg.num_classes * (width + 1)
+    return depth * per_layer + embed + 2 * width + head
+
+
+def cmd_materialize(args: argparse.Namespace) -> dict[str, Any]:
+    import timm
+
+    from .template import materialize_flops
+
+    overlay = dict(file=_template_source(args.template)) if Path(_template_source(args.template)).is_dir() \
+        else dict(hf_hub_id=args.template if args.revision is None else f"{args.template}@{args.revision}")
+    start = time.perf_counter()
+    model = timm.create_model("sweet_vit", depth=args.depth, width=args.width, pretrained=True, pretrained_cfg_overlay=overlay)
+    seconds = time.perf_counter() - start
+    template = _load(args)
+    report = {
+        "size": f"d{args.depth}_w{args.width}",
+        "scalers": template.scaler_source(args.depth, args.width),
+        "params": sum(p.numel() for p in model.parameters()),
+        "seconds": round(seconds, 4),
+        "materialize_gflops": round(materialize_flops(template.config, args.depth, args.width) / 1e9, 3),
+    }
+    print(json.dumps(report, indent=2) if args.json else
+          f"{report['size']} ({report['scalers']}): {report['params']:,} parameters in {seconds * 1000:.0f} ms "
+          f"({report['materialize_gflops']} GFLOP to materialize; cached for the next load)")
+    return report
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from .export import export_timm
+
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise SweetHubError(f"Output folder '{out}' is not empty; pass --overwrite to replace its files or choose another folder.")
+    template = _load(args)
+    kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+    model = template.materialize(args.depth, args.width, **kwargs)
+    provenance = {"template": args.template if args.template != "bundled" else "sweet-hub bundled template (fmnist)",
+                  "template_revision": args.revision, "scalers": template.scaler_source(args.depth, args.width)}
+    export_timm(model, out, provenance={k: v for k, v in provenance.items() if v is not None})
+    print(f"Exported d{args.depth}_w{args.width} to {out} (config.json, model.safetensors, README.md); "
+          f"load it with timm.create_model('local-dir:{out}', pretrained=True) or push it with `sweet-hub push {out} org/name`.")
+    return {"output": str(out)}
+
+
+def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
+    from huggingface_hub import HfApi
+
+    folder = Path(args.folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise SweetHubError(f"'{folder}' has no config.json: push a template folder (save_pretrained) or an export folder.")
+    config = json.loads(config_path.read_text())
+    if "sweet_format_version" in config:
+        from .hub import load_template
+        from .template import SweetTemplate
+
+        load_template(SweetTemplate, str(folder))  # validates every file before anything is uploaded
+        kind = "template"
+    elif (folder / "model.safetensors").is_file():
+        kind = "timm export"
+    else:
+        raise SweetHubError(f"'{folder}' is neither a SWEET template nor a timm export (no model.safetensors).")
+    api = HfApi(token=args.token)
+    repo_id = api.create_repo(args.repo_id, private=args.private, exist_ok=True).repo_id
+    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=args.commit_message or f"Upload SWEET {kind}",
+                               revision=args.revision, ignore_patterns=[".*", "*.tmp"])
+    print(f"Pushed {kind} {folder} to {repo_id}: {commit}")
+    return {"repo_id": repo_id, "commit": str(commit)}
+
+
+def cmd_cache(args: argparse.Namespace) -> dict[str, Any]:
+    from .cache import cache_root, cache_size, clear_cache
+
+    count, size = cache_size()
+    if args.clear:
+        freed = clear_cache()
+        print(f"Removed {count} materialized checkpoints ({_human_bytes(freed)}) from {cache_root()}")
+    else:
+        print(f"{cache_root()}: {count} materialized checkpoints, {_human_bytes(size)}")
+    return {"entries": count, "bytes": size}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sweet-hub", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sweet-hub {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def template_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("template", help="template folder, Hub repo id (org/name), or 'bundled'")
+        p.add_argument("--revision", help="Hub branch, tag or commit")
+        p.add_argument("--token", help="Hub token (default: the one from `hf auth login`)")
+
+    p = sub.add_parser("info", help="show a template's config and stored sizes")
+    template_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    for name, func, help_text in (("materialize", cmd_materialize, "build one size into the materialization cache"),
+                                  ("export", cmd_export, "write one size as a stock timm repo folder")):
+        p = sub.add_parser(name, help=help_text)
+        template_args(p)
+        p.add_argument("--depth", type=int, required=True)
+        p.add_argument("--width", type=int, required=True)
+        if name == "export":
+            p.add_argument("output", help="output folder")
+            p.add_argument("--num-classes", type=int, help="replace the classifier (default: the template's)")
+            p.add_argument("--overwrite", action="store_true")
+        else:
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("push", help="upload a template (or export) folder to the Hub")
+    p.add_argument("folder")
+    p.add_argument("repo_id", help="org/name")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", help="branch to push to (default: main)")
+    p.add_argument("--commit-message")
+    p.add_argument("--token")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("cache", help="show or clear the materialization cache")
+    p.add_argument("--clear", action="store_true")
+    p.set_defaults(func=cmd_cache)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SweetHubError as e:
+        print(f"sweet-hub: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

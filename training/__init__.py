@@ -1,0 +1,1 @@
+"""Training scripts and modules of sweet-hub (not installed with the package)."""

@@ -1,0 +1,164 @@
+"""What is being pre-trained: one module per method, all trained by the same loop (pretrain.py).
+
+Each method maps a batch of views to student embeddings (``forward``), can give teacher
+targets (``embed_targets``, used on its EMA copy), and turns into its artefact (``export``).
+
+- ``SweetMethod``: the SWEET template. Each step samples an anchor size, optionally replaces its
+  width (and depth) by a random one whose scalers are resampled from the anchor's (width-wise
+  stochastic scaling), materializes the weights inside the step and runs them as a timm ViT.
+- ``SingleMethod``: one ordinary timm ViT of a fixed size (per-size pre-training baseline, and the
+  plain-timm reference of the overhead benchmark).
+- ``POAMethod`` (poa.py): the elastic-network baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from sweet_hub import SweetTemplate, derive_scalers, export_timm, materialize_state_dict
+from sweet_hub.config import vit_args
+
+from training.selfsup import FunctionalViT, ProjectionHead, pooled_features
+
+__all__ = ["SizeChoice", "SweetMethod", "SingleMethod"]
+
+
+@dataclass(frozen=True)
+class SizeChoice:
+    """The size trained at one step: an anchor, possibly with a resampled width and depth."""
+
+    anchor: tuple[int, int]
+    depth: int
+    width: int
+
+    @property
+    def stochastic(self) -> bool:
+        return (self.depth, self.width) != self.anchor
+
+
+class SweetMethod(nn.Module):
+    """Template + projection head. The head reads features in the template's r-space
+    (``features @ U / sqrt(width)``), so one head serves every width, stochastic ones included."""
+
+    def __init__(self, template: SweetTemplate, width_scaling_p: float = 0.5, depth_scaling_p: float = 0.0,
+                 proj_hidden: int = 512, proj_dim: int = 128) -> None:
+        super().__init__()
+        self.template = template
+        cfg = template.config
+        self.head = ProjectionHead(cfg.ranks[1], proj_hidden, proj_dim)
+        self.width_scaling_p, self.depth_scaling_p = width_scaling_p, depth_scaling_p
+        self.runner = FunctionalViT(vit_args(cfg, 1, cfg.head_dim))
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        return list(self.template.config.anchors)
+
+    @property
+    def teacher_size(self) -> tuple[int, int]:
+        return self.template.config.largest_anchor
+
+    def sample_size(self, rng: random.Random) -> SizeChoice:
+        cfg = self.template.config
+        anchor = rng.choice(cfg.anchors)
+        depth, width = anchor
+        if rng.random() < self.width_scaling_p:
+            width = rng.choice(cfg.anchor_widths_between())
+        if rng.random() < self.depth_scaling_p:
+            depths = [d for d, _ in cfg.anchors]
+            depth = rng.randint(min(depths), max(depths))
+        return SizeChoice(anchor, depth, width)
+
+    def _scalers(self, size: SizeChoice) -> dict[str, Tensor]:
+        anchor = dict(self.template.scalers[f"d{size.anchor[0]}_w{size.anchor[1]}"].items())
+        if not size.stochastic:
+            return anchor
+        cfg = self.template.config
+        return derive_scalers(anchor, size.depth, size.width, cfg.depth_rescale, cfg.width_rescale)
+
+    def embed(self, size: SizeChoice, view_groups: list[Tensor]) -> list[Tensor]:
+        """Embeddings of each group of views (one forward per group, views batched inside it)."""
+        scalers = self._scalers(size)
+        state = materialize_state_dict(dict(self.template.cores.items()), scalers, self.template.config)
+        to_r_space = scalers["U"] / math.sqrt(size.width)
+        heads = size.width // self.template.config.head_dim
+        return [self.head(self.runner.features(state, views, heads) @ to_r_space) for views in view_groups]
+
+    def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice) -> list[Tensor]:
+        return _split_embed(lambda groups: self.embed(size, groups), global_views, local_views)
+
+    @torch.no_grad()
+    def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
+        size = SizeChoice(self.teacher_size, *self.teacher_size)
+        return _split_embed(lambda groups: self.embed(size, groups), global_views, [])
+
+    def export(self) -> SweetTemplate:
+        return self.template
+
+    def model_for(self, depth: int, width: int) -> nn.Module:
+        return self.template.materialize(depth, width)
+
+    def describe_size(self, depth: int, width: int) -> str:
+        return self.template.scaler_source(depth, width)
+
+    def save_artefact(self, output_dir: Path, card_info: dict[str, Any]) -> Path:
+        """The template as a Hub repo folder (output_dir/template) with its model card."""
+        self.template.card_info = card_info
+        self.template.save_pretrained(output_dir / "template")
+        return output_dir / "template"
+
+
+class SingleMethod(nn.Module):
+    """An ordinary timm ViT of one size with the same head and loss (per-size baseline)."""
+
+    def __init__(self, model_name: str, model_kwargs: dict[str, Any], proj_hidden: int = 512, proj_dim: int = 128) -> None:
+        super().__init__()
+        self.vit = timm.create_model(model_name, pretrained=False, dynamic_img_size=True, **model_kwargs)
+        self.head = ProjectionHead(self.vit.embed_dim, proj_hidden, proj_dim)
+        self.size = (len(self.vit.blocks), self.vit.embed_dim)
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        return [self.size]
+
+    def sample_size(self, rng: random.Random) -> SizeChoice:
+        return SizeChoice(self.size, *self.size)
+
+    def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice | None = None) -> list[Tensor]:
+        return _split_embed(lambda groups: [self.head(pooled_features(self.vit, v)) for v in groups], global_views, local_views)
+
+    @torch.no_grad()
+    def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
+        return self.forward(global_views, [])
+
+    def export(self) -> nn.Module:
+        return self.vit
+
+    def model_for(self, depth: int, width: int) -> nn.Module | None:
+        return copy.deepcopy(self.vit).eval() if (depth, width) == self.size else None
+
+    def describe_size(self, depth: int, width: int) -> str:
+        return "per-size pre-training"
+
+    def save_artefact(self, output_dir: Path, card_info: dict[str, Any]) -> Path:
+        """The ViT as a stock timm repo folder (output_dir/model)."""
+        return export_timm(self.vit, output_dir / "model", provenance={"pre-training": "per-size (method=single)"})
+
+
+def _split_embed(embed_groups, global_views: list[Tensor], local_views: list[Tensor]) -> list[Tensor]:
+    """Run global views as one batch and local views as another; return one embedding per view."""
+    groups = [torch.cat(global_views)] + ([torch.cat(local_views)] if local_views else [])
+    outputs = embed_groups(groups)
+    batch = global_views[0].shape[0]
+    views = list(outputs[0].split(batch))
+    if local_views:
+        views += list(outputs[1].split(batch))
+    return views

@@ -1,0 +1,342 @@
+"""Self-supervised pre-training of a SWEET template (and of the baselines) with Accelerate.
+
+    accelerate launch training/pretrain.py --config training/configs/fmnist.yaml
+    accelerate launch training/pretrain.py --config training/configs/fmnist.yaml --resume
+    accelerate launch --cpu --num_processes 2 training/pretrain.py --config ... max_steps=2000
+    python training/pretrain.py --config ... method=single size=[8,192]     # per-size baseline
+
+Settings come from the config file, then from ``key=value`` overrides (values are YAML,
+nested keys dotted: ``template.anchors=[[4,64],[8,128]]``). One loop serves every method
+(methods.py, poa.py): each step draws a batch (a pure function of seed and step, so ``--resume``
+replays it exactly), builds multi-crop views, asks the method for student embeddings (SWEET
+materializes the sampled size's weights inside the step), and applies the shared contrastive
+loss. Accelerate handles processes (DDP/gloo on CPU), bf16 and checkpoints; checkpoints are
+written to a temporary folder and renamed, so a kill never leaves a half-written one.
+
+At the end the method's artefact is written (a SWEET template as a Hub repo folder with its model
+card), evaluated by k-NN, and the loss curve is plotted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import random
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from training.config import ConfigError, load_config  # noqa: E402
+from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors  # noqa: E402
+from training.selfsup import EMATeacher, contrastive_loss, cosine_schedule  # noqa: E402
+
+
+class TrainState:
+    """Counters saved with every checkpoint (registered with Accelerate)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.step, self.images_seen, self.train_seconds = 0, 0, 0.0
+        self.config = config
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
+                "config": json.dumps(self.config, sort_keys=True)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = json.loads(state["config"])
+        changed = sorted(k for k in set(saved) | set(self.config)
+                         if saved.get(k) != self.config.get(k) and k not in _RESUMABLE_CHANGES)
+        if changed:
+            raise ConfigError(
+                f"Cannot resume: the config differs from the checkpoint's in {changed}. Resume with the same config "
+                f"(only {sorted(_RESUMABLE_CHANGES)} may change) or use a new output_dir."
+            )
+        self.step, self.images_seen, self.train_seconds = state["step"], state["images_seen"], state["train_seconds"]
+
+
+_RESUMABLE_CHANGES = {"max_steps", "save_every", "save_total_limit", "log_every", "final_eval", "output_dir", "log_with"}
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 1024 + micro * 16 + rank
+
+
+def build_method(cfg: dict[str, Any]) -> torch.nn.Module:
+    """The module being trained, from the config's ``method``."""
+    method = cfg["method"]
+    head = dict(proj_hidden=cfg["proj_hidden"], proj_dim=cfg["proj_dim"])
+    if method == "sweet":
+        from sweet_hub import SweetTemplate
+
+        from training.methods import SweetMethod
+
+        template = SweetTemplate(**cfg["template"])
+        return SweetMethod(template, cfg["width_scaling_p"], cfg["depth_scaling_p"], **head)
+    from sweet_hub.config import TemplateConfig, vit_args
+
+    tcfg = TemplateConfig(**{k: v for k, v in cfg["template"].items() if k != "anchors"}, anchors=[tuple(cfg["size"])])
+    model_kwargs = {k: v for k, v in vit_args(tcfg, *cfg["size"]).items()}
+    if method == "single":
+        from training.methods import SingleMethod
+
+        return SingleMethod("vit_base_patch16_224", model_kwargs, **head)
+    if method == "poa":
+        from training.poa import POAMethod
+
+        return POAMethod(model_kwargs, cfg["poa"], **head)
+    raise ConfigError(f"method must be 'sweet', 'poa' or 'single', got {method!r}.")
+
+
+def _checkpoint_dirs(output_dir: Path) -> list[Path]:
+    root = output_dir / "checkpoints"
+    dirs = [p for p in root.glob("step_*") if p.is_dir()] if root.is_dir() else []
+    return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, total_limit: int) -> None:
+    """save_state into a temporary folder, then rename it (atomic) and prune old checkpoints."""
+    tmp = output_dir / "checkpoints" / f".tmp_step_{step}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = output_dir / "checkpoints" / f"step_{step}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in _checkpoint_dirs(output_dir)[:-total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class CSVLog:
+    """Append-only CSV of the training curve; on resume, rows past the resumed step are dropped."""
+
+    FIELDS = ["step", "loss", "lr", "img_per_s", "depth", "width", "images_seen", "train_seconds"]
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        rows = []
+        if path.is_file() and resume_step > 0:
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.FIELDS).writerow(row)
+
+
+def plot_loss(log_path: Path, out_path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with log_path.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    losses = [float(r["loss"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, lw=1)
+    window = max(1, len(losses) // 30)
+    if window > 1:
+        smooth = [sum(losses[max(0, i - window):i + 1]) / len(losses[max(0, i - window):i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, lw=2, label=f"moving mean ({window})")
+        ax.legend()
+    ax.set(xlabel="step", ylabel="contrastive loss", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+
+
+def _command() -> str:
+    launcher = "accelerate launch " if "ACCELERATE_MIXED_PRECISION" in os.environ or "LOCAL_RANK" in os.environ else "python "
+    return launcher + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output_dir '{path}' is not writable ({e.strerror}); choose another with output_dir=PATH.") from None
+
+
+def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    output_dir = Path(cfg["output_dir"])
+    _check_writable(output_dir)
+    accel_kwargs: dict[str, Any] = {"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}
+    if cfg["mixed_precision"] is not None:  # otherwise the launcher's --mixed_precision decides
+        accel_kwargs["mixed_precision"] = cfg["mixed_precision"]
+    if cfg["log_with"] == "tensorboard":
+        accel_kwargs.update(log_with="tensorboard", project_dir=str(output_dir / "logs"))
+    accelerator = Accelerator(**accel_kwargs)
+    set_seed(cfg["seed"])
+
+    tcfg = cfg["template"]
+    data = load_image_tensors(cfg["data"], "train", tcfg["img_size"], tcfg["in_chans"])
+    if cfg["num_images"]:
+        data = data.subset(cfg["num_images"], cfg["seed"])
+    method = build_method(cfg)
+    teacher = EMATeacher(method, cfg["ema_momentum"]) if cfg["teacher"] == "ema" else None
+    optimizer = torch.optim.AdamW(_param_groups(method, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.95))
+    method, optimizer = accelerator.prepare(method, optimizer)
+    state = TrainState({k: v for k, v in cfg.items()})
+    accelerator.register_for_checkpointing(state)
+    if teacher is not None:
+        accelerator.register_for_checkpointing(teacher)
+
+    if resume:
+        checkpoints = _checkpoint_dirs(output_dir)
+        if not checkpoints:
+            raise ConfigError(f"--resume: no checkpoint in {output_dir / 'checkpoints'}; start without --resume.")
+        accelerator.load_state(str(checkpoints[-1]))
+        accelerator.print(f"Resumed from {checkpoints[-1]} at step {state.step}")
+    if accelerator.is_main_process:
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log = CSVLog(output_dir / "train_log.csv", state.step) if accelerator.is_main_process else None
+    if cfg["log_with"] == "tensorboard":
+        accelerator.init_trackers("pretrain", config={k: str(v) for k, v in cfg.items()})
+
+    raw = accelerator.unwrap_model(method)
+    batches = StepBatches(len(data), cfg["batch_size"] // cfg["grad_accum"], cfg["seed"], accelerator.process_index, accelerator.num_processes)
+    augment = MultiCropAugment(tcfg["img_size"], tuple(tcfg["mean"]), tuple(tcfg["std"]), cfg["n_global"], cfg["n_local"],
+                               cfg["local_size"], tuple(cfg["global_scale"]), tuple(cfg["local_scale"]), cfg["jitter"])
+    max_steps, ga = cfg["max_steps"], cfg["grad_accum"]
+    bar = tqdm(total=max_steps, initial=state.step, disable=not accelerator.is_local_main_process, desc=f"pretrain {cfg['method']}",
+               dynamic_ncols=True)
+    last_log = time.perf_counter()
+    images_since_log = 0
+    while state.step < max_steps:
+        t0 = time.perf_counter()
+        step = state.step
+        lr = cosine_schedule(step, max_steps, cfg["warmup_steps"], cfg["lr"], cfg["min_lr"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        size = raw.sample_size(random.Random(step_seed(cfg["seed"], step, 0, 0)))
+        loss_sum = 0.0
+        for micro in range(ga):
+            index = batches(step * ga + micro)
+            global_views, local_views = augment(data.images[index], step_seed(cfg["seed"], step, micro, accelerator.process_index))
+            sync = accelerator.no_sync(method) if micro < ga - 1 else contextlib.nullcontext()
+            with sync, accelerator.autocast():
+                students = method(global_views, local_views, size)
+                targets = teacher.module.embed_targets(global_views) if teacher else students[: len(global_views)]
+                loss = contrastive_loss(students, targets, cfg["temperature"], same_views=True)
+                accelerator.backward(loss / ga)
+            loss_sum += loss.item() / ga
+        if cfg["clip_grad"]:
+            accelerator.clip_grad_norm_(method.parameters(), cfg["clip_grad"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if teacher is not None:
+            teacher.update(raw, (step + 1) / max_steps)
+        state.step += 1
+        state.images_seen += cfg["batch_size"]
+        state.train_seconds += time.perf_counter() - t0
+        images_since_log += cfg["batch_size"]
+        bar.update(1)
+        if state.step % cfg["log_every"] == 0 or state.step == max_steps:
+            now = time.perf_counter()
+            rate = images_since_log / (now - last_log)
+            last_log, images_since_log = now, 0
+            row = dict(step=state.step, loss=round(loss_sum, 5), lr=f"{lr:.3g}", img_per_s=round(rate, 1), depth=size.depth,
+                       width=size.width, images_seen=state.images_seen, train_seconds=round(state.train_seconds, 1))
+            bar.set_postfix(loss=f"{loss_sum:.3f}", img_s=f"{rate:.0f}", size=f"{size.depth}x{size.width}")
+            if log is not None:
+                log.write(row)
+            accelerator.log({"loss": loss_sum, "lr": lr, "img_per_s": rate}, step=state.step)
+        if state.step % cfg["save_every"] == 0 or state.step == max_steps:
+            save_checkpoint(accelerator, output_dir, state.step, cfg["save_total_limit"])
+    bar.close()
+    accelerator.end_training()
+
+    summary: dict[str, Any] = {"steps": state.step, "images_seen": state.images_seen, "train_seconds": round(state.train_seconds, 1)}
+    if accelerator.is_main_process:
+        plot_loss(output_dir / "train_log.csv", output_dir / "loss.png", f"{cfg['method']} pre-training")
+        final = teacher.module if (teacher is not None and cfg["export_ema"]) else raw
+        summary.update(finish(cfg, final, state, output_dir))
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        accelerator.print(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def finish(cfg: dict[str, Any], method: torch.nn.Module, state: TrainState, output_dir: Path) -> dict[str, Any]:
+    """Write the artefact of the method and evaluate it (k-NN) as configured in ``final_eval``."""
+    from training.report import evaluate_sizes, metrics_markdown
+
+    training_facts = {
+        "command": f"`{_command()}`",
+        "data": f"{cfg['data']} train split, {cfg['num_images'] or 'all'} images, no labels",
+        "method": f"{cfg['method']}, contrastive loss (T={cfg['temperature']}), {cfg['n_global']} global + {cfg['n_local']} local crops"
+                  + (f", width-wise stochastic scaling p={cfg['width_scaling_p']}" if cfg["method"] == "sweet" else ""),
+        "steps": state.step,
+        "images seen": f"{state.images_seen:,}",
+        "wall time (training)": f"{state.train_seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads",
+    }
+    results: dict[str, Any] = {}
+    eval_cfg = cfg["final_eval"]
+    if eval_cfg and eval_cfg.get("sizes") is not None:
+        results = evaluate_sizes(cfg, method, eval_cfg)
+    card_info = {
+        "title": cfg.get("title") or cfg["data"],
+        "datasets": [cfg["data"]] if "/" in cfg["data"] else None,
+        "training": training_facts,
+        "metrics": results,
+        "metrics_table": metrics_markdown(results) if results else "",
+    }
+    path = method.save_artefact(output_dir, card_info)
+    return {"metrics": results, "artefact": str(path)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (see training/configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    parser.add_argument("overrides", nargs="*", help="key=value settings, e.g. max_steps=100 template.ranks=[32,64,64]")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        return train(cfg, resume=args.resume)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
