@@ -102,7 +102,10 @@ class TemplateConfig:
             if not isinstance(anchor, (list, tuple)) or len(anchor) != 2:
                 raise TemplateConfigError(f"Anchor {anchor!r} is not a [depth, width] pair.")
             depth, width = anchor
-            self.check_size(depth, width, what="anchor")
+            try:
+                self.check_size(depth, width, what="anchor")
+            except SizeError as e:
+                raise TemplateConfigError(str(e)) from None
             anchors.append((depth, width))
         if len(set(anchors)) != len(anchors):
             raise TemplateConfigError(f"Anchors must be distinct, got {anchors}.")

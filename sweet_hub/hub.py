@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,20 +202,33 @@ def _scaler_metadata(template: "SweetTemplate", key: str) -> dict[str, Any]:
 
 
 def save_template(template: "SweetTemplate", directory: str | Path) -> None:
-    """Write the whole repo folder. config.json is written last: it is what makes the folder a
-    template, so a crash mid-save leaves either the old config or a complete new one."""
+    """Write the whole repo folder.
+
+    Every file is first written into a staging folder inside ``directory``; only when all of them
+    are complete are they renamed into place, config.json last (it is what makes the folder a
+    template). A failure while writing leaves the previous template untouched.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = template.config
-    for key, params in template.scalers.items():
-        depth, width = parse_size_key(key)
-        save_safetensors(dict(params.items()), directory / scaler_filename(depth, width), _scaler_metadata(template, key))
-    save_safetensors(
-        dict(template.cores.items()), directory / TEMPLATE_NAME,
-        {"format": _FORMAT_TEMPLATE, "format_version": str(FORMAT_VERSION), "ranks": list(cfg.ranks), "vector_rank": cfg.vector_rank},
-    )
-    write_text(directory / README_NAME, str(render_model_card(template)))
-    write_text(directory / CONFIG_NAME, json.dumps(template_config_dict(template), indent=2) + "\n")
+    staging = Path(tempfile.mkdtemp(prefix=".sweet-staging-", dir=directory))
+    try:
+        names = []
+        for key, params in template.scalers.items():
+            name = scaler_filename(*parse_size_key(key))
+            save_safetensors(dict(params.items()), staging / name, _scaler_metadata(template, key))
+            names.append(name)
+        save_safetensors(
+            dict(template.cores.items()), staging / TEMPLATE_NAME,
+            {"format": _FORMAT_TEMPLATE, "format_version": str(FORMAT_VERSION), "ranks": list(cfg.ranks), "vector_rank": cfg.vector_rank},
+        )
+        write_text(staging / README_NAME, str(render_model_card(template)))
+        write_text(staging / CONFIG_NAME, json.dumps(template_config_dict(template), indent=2) + "\n")
+        for name in [*names, TEMPLATE_NAME, README_NAME, CONFIG_NAME]:
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, directory / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def add_scaler_file(template: "SweetTemplate", directory: str | Path, depth: int, width: int) -> Path:

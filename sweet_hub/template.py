@@ -30,6 +30,7 @@ scaling uses the same resampling, so derived sizes are sizes the template was tr
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -441,6 +442,28 @@ class SweetTemplate(
         return f"ranks={c.ranks}, head_dim={c.head_dim}, anchors={list(c.anchors)}, stored_sizes={self.sizes}"
 
     # hub: see hub.py for the file format ------------------------------------------------------
+
+    def save_pretrained(  # type: ignore[override]
+        self,
+        save_directory: str | Path,
+        *,
+        config: dict | None = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> str | None:
+        """Write config.json, template.safetensors, scalers/ and README.md into ``save_directory``.
+
+        Same signature as ``PyTorchModelHubMixin.save_pretrained``; unlike the mixin it never
+        deletes the previous config.json first, so a failed save leaves the old template intact.
+        """
+        from .hub import save_template
+
+        save_template(self, save_directory)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or Path(save_directory).name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs)
+        return None
 
     def _save_pretrained(self, save_directory) -> None:
         from .hub import save_template

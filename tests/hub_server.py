@@ -123,6 +123,8 @@ class _UploadHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.server.token and self.headers.get("Authorization") != f"Bearer {self.server.token}":
             return self._json(401, {"error": "Invalid credentials in Authorization header"})
+        if self.path == "/api/validate-yaml":  # model card metadata check done by upload_folder
+            return self._json(200, {"errors": [], "warnings": []})
         if self.path == "/api/repos/create":
             data = json.loads(body)
             repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
@@ -130,7 +132,7 @@ class _UploadHandler(BaseHTTPRequestHandler):
             if not path.is_dir():
                 path.mkdir(parents=True)
                 git_commit_folder(path, "initial commit")
-            return self._json(200, {"url": f"{self.server.olah.endpoint}/{repo_id}", "name": repo_id})
+            return self._json(200, {"url": f"{self.server.endpoint}/{repo_id}", "name": repo_id})
         match = re.match(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<op>preupload|commit)/(?P<rev>[^/?]+)", self.path)
         if not match:
             return self._json(404, {"error": f"unsupported endpoint {self.path}"})
@@ -155,7 +157,7 @@ class _UploadHandler(BaseHTTPRequestHandler):
                 return self._json(400, {"error": f"unsupported commit operation {item['key']}"})
         sha = git_commit_folder(repo, summary)
         self.server.commits.append((match["repo"], sha))
-        return self._json(200, {"commitUrl": f"{self.server.olah.endpoint}/{match['repo']}/commit/{sha}", "commitOid": sha,
+        return self._json(200, {"commitUrl": f"{self.server.endpoint}/{match['repo']}/commit/{sha}", "commitOid": sha,
                                 "pullRequestUrl": None})
 
 

@@ -1,0 +1,213 @@
+"""Bad input gets a clear error naming the problem and the fix, and nothing on disk changes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from sweet_hub import (
+    NotASweetTemplateError,
+    SizeError,
+    SweetTemplate,
+    TemplateConfigError,
+    TemplateFileError,
+    TemplateNotAvailableError,
+)
+from sweet_hub.hub import atomic_write, save_safetensors
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("depth", [0, -3, 257, 10_000, 2.5])
+def test_depth_out_of_range(tiny_template, depth):
+    with pytest.raises(SizeError, match=r"depth must be an integer in \[1, 256\]"):
+        tiny_template.materialize(depth, 32)
+
+
+def test_width_not_a_multiple_of_head_dim_lists_nearest(tiny_template):
+    with pytest.raises(SizeError, match="width=100 is not a multiple of head_dim=16.*nearest valid widths: 96, 112"):
+        tiny_template.materialize(4, 100)
+    with pytest.raises(SizeError, match="at least 16"):
+        tiny_template.materialize(4, 8)
+    with pytest.raises(SizeError, match="at most 16384"):
+        tiny_template.materialize(2, 32768)
+
+
+def test_timm_size_errors_are_the_same(template_dir):
+    with pytest.raises(SizeError, match="nearest valid widths: 96, 112"):
+        timm.create_model(f"local-dir:{template_dir}", depth=4, width=100, pretrained=True)
+    with pytest.raises(SizeError, match="width=64 and embed_dim=80 disagree"):
+        timm.create_model("sweet_vit", depth=2, width=64, embed_dim=80)
+    with pytest.raises(SizeError, match="num_heads"):
+        SweetTemplate(head_dim=16, ranks=(8, 16, 16), anchors=[(2, 32)]).materialize(2, 32, num_heads=4)
+
+
+def test_missing_template_file(template_dir):
+    (template_dir / "template.safetensors").unlink()
+    with pytest.raises(TemplateFileError, match=r"template.safetensors: file is missing"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+def test_truncated_template_file(template_dir):
+    path = template_dir / "template.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(TemplateFileError, match=r"template.safetensors: not a readable safetensors file.*truncated or corrupted"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+def test_corrupted_scaler_file(template_dir):
+    path = template_dir / "scalers" / "d2_w32.safetensors"
+    path.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(TemplateFileError, match=r"d2_w32.safetensors: not a readable safetensors file"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+def test_missing_scaler_file(template_dir):
+    (template_dir / "scalers" / "d4_w64.safetensors").unlink()
+    with pytest.raises(TemplateFileError, match=r"d4_w64.safetensors: file is missing"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+def test_scaler_shapes_do_not_match_template(template_dir):
+    path = template_dir / "scalers" / "d2_w32.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["U"] = torch.zeros(32, 99)
+    save_safetensors(tensors, path, meta)
+    with pytest.raises(TemplateFileError, match=r"d2_w32.safetensors: tensor 'U' has shape \(32, 99\) but config.json implies \(32, 16\)"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+def test_template_tensor_missing(template_dir):
+    path = template_dir / "template.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys() if k != "G_vec"}
+    save_safetensors(tensors, path, meta)
+    with pytest.raises(TemplateFileError, match=r"missing: \['G_vec'\]"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+def test_unknown_format_version_in_config(template_dir):
+    config = json.loads((template_dir / "config.json").read_text())
+    config["sweet_format_version"] = 99
+    (template_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TemplateConfigError, match="sweet_format_version 99 is not supported.*upgrade sweet-hub"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+def test_unknown_format_version_in_file(template_dir):
+    path = template_dir / "template.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_safetensors(tensors, path, {**meta, "format_version": "7"})
+    with pytest.raises(TemplateFileError, match="format_version '7' is not supported"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c.pop("ranks"), "missing the field"),
+    (lambda c: c.update(ranks=[8, 16]), "'ranks' must be 3 positive integers"),
+    (lambda c: c.update(head_dim="16"), "'head_dim' must be a positive integer"),
+    (lambda c: c.update(anchors=[[2, 30]]), "anchor width=30 is not a multiple of head_dim=16"),
+    (lambda c: c.update(mean=[0.5, 0.5]), "'mean' must have in_chans=1 values"),
+    (lambda c: c.update(scalers="d2_w32"), "'scalers' must map size names"),
+    (lambda c: c["scalers"].pop("d4_w64"), r"anchors \['d4_w64'\] have no entry in 'scalers'"),
+    (lambda c: c.update(img_size=30), "img_size=30 is not a multiple of patch_size=7"),
+])
+def test_config_with_missing_or_wrong_fields(template_dir, edit, message):
+    config = json.loads((template_dir / "config.json").read_text())
+    edit(config)
+    (template_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TemplateConfigError, match=message):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+def test_config_not_json(template_dir):
+    (template_dir / "config.json").write_text("{not json")
+    with pytest.raises(TemplateConfigError, match="config.json is not valid JSON"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+def test_folder_that_is_not_a_template(tmp_path, tiny_template):
+    from sweet_hub import export_timm
+
+    with pytest.raises(NotASweetTemplateError, match="has no config.json"):
+        SweetTemplate.from_pretrained(tmp_path)
+    export_timm(tiny_template.materialize(2, 32), tmp_path / "plain")
+    with pytest.raises(NotASweetTemplateError, match="not a SWEET template.*timm.create_model"):
+        SweetTemplate.from_pretrained(tmp_path / "plain")
+
+
+def test_nonexistent_local_path_is_not_taken_for_a_repo():
+    with pytest.raises(TemplateNotAvailableError, match="neither an existing local folder nor a valid Hub repo id"):
+        SweetTemplate.from_pretrained("/definitely/not/here")
+
+
+def test_constructor_arguments_are_validated():
+    with pytest.raises(TemplateConfigError, match="ranks"):
+        SweetTemplate(ranks=(8, 16))
+    with pytest.raises(TemplateConfigError, match="non-empty list"):
+        SweetTemplate(anchors=[])
+    with pytest.raises(TemplateConfigError, match="distinct"):
+        SweetTemplate(head_dim=16, anchors=[(2, 32), (2, 32)])
+    with pytest.raises(TemplateConfigError, match="global_pool"):
+        SweetTemplate(global_pool="max")
+
+
+def test_failed_load_changes_nothing_on_disk(template_dir):
+    before = _snapshot(template_dir)
+    path = template_dir / "scalers" / "d2_w32.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    before = _snapshot(template_dir)
+    with pytest.raises(TemplateFileError):
+        SweetTemplate.from_pretrained(template_dir)
+    assert _snapshot(template_dir) == before
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "config.json"
+    target.write_text("old")
+
+    def failing_write(tmp: str) -> None:
+        Path(tmp).write_text("half-writ")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, failing_write)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temp file left behind
+
+
+def test_interrupted_save_pretrained_keeps_previous_template(template_dir, monkeypatch):
+    before = _snapshot(template_dir)
+    import sweet_hub.hub as hub
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hub, "save_file", boom)
+    other = SweetTemplate(head_dim=16, ranks=(8, 16, 16), vector_rank=4, anchors=[(2, 32), (4, 64)])
+    with pytest.raises(OSError, match="disk full"):
+        other.save_pretrained(template_dir)
+    assert _snapshot(template_dir) == before
+    assert not [p for p in template_dir.rglob("*.tmp")]
+
+
+def test_written_files_have_normal_permissions(template_dir):
+    mode = (template_dir / "template.safetensors").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

@@ -1,0 +1,130 @@
+"""The real download path (hf_hub_download through a loopback Hub), revisions, offline mode, push."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import make_template
+from huggingface_hub import constants
+
+from sweet_hub import NotASweetTemplateError, SweetTemplate, TemplateNotAvailableError, export_timm
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_from_pretrained_downloads_into_the_hf_cache(hub, template_dir, hf_cache, tiny_template):
+    sha = hub.add_repo("org/tmpl-download", template_dir)
+    loaded = SweetTemplate.from_pretrained("org/tmpl-download", cache_dir=hf_cache)
+    assert torch.equal(loaded.cores["G"], tiny_template.cores["G"])
+    snapshot = hf_cache / "models--org--tmpl-download" / "snapshots" / sha
+    assert (snapshot / "template.safetensors").is_file() and (snapshot / "scalers" / "d4_w64.safetensors").is_file()
+    assert _same_weights(loaded.materialize(3, 48), tiny_template.materialize(3, 48))
+
+
+def test_revisions_branch_and_commit(hub, tmp_path, hf_cache):
+    v1, v2 = make_template(seed=1), make_template(seed=2)
+    v1.save_pretrained(tmp_path / "v1")
+    v2.save_pretrained(tmp_path / "v2")
+    sha1 = hub.add_repo("org/tmpl-revisions", tmp_path / "v1", "v1")
+    hub.add_repo("org/tmpl-revisions", tmp_path / "v2", "v2")
+    latest = SweetTemplate.from_pretrained("org/tmpl-revisions", cache_dir=hf_cache)
+    old = SweetTemplate.from_pretrained("org/tmpl-revisions", revision=sha1, cache_dir=hf_cache)
+    assert torch.equal(latest.cores["G"], v2.cores["G"])
+    assert torch.equal(old.cores["G"], v1.cores["G"])
+    # the repo@revision form used by timm ids
+    assert torch.equal(SweetTemplate.from_pretrained(f"org/tmpl-revisions@{sha1}", cache_dir=hf_cache).cores["G"], v1.cores["G"])
+
+
+def test_timm_hf_hub_id_and_overlay(hub, template_dir, hf_cache, fresh_cache, tiny_template):
+    hub.add_repo("org/tmpl-timm", template_dir)
+    expected = tiny_template.materialize(3, 48)
+    by_id = timm.create_model("hf-hub:org/tmpl-timm", depth=3, width=48, pretrained=True, cache_dir=hf_cache)
+    by_overlay = timm.create_model("sweet_vit", depth=3, width=48, pretrained=True, cache_dir=hf_cache,
+                                   pretrained_cfg_overlay=dict(hf_hub_id="org/tmpl-timm"))
+    assert _same_weights(by_id, expected) and _same_weights(by_overlay, expected)
+    assert by_id.pretrained_cfg["hf_hub_id"] == "org/tmpl-timm"
+    assert "file" not in by_id.pretrained_cfg  # the cache path is not leaked as the weight source
+
+
+def test_offline_with_warm_cache(hub, template_dir, hf_cache, monkeypatch, tiny_template):
+    hub.add_repo("org/tmpl-offline", template_dir)
+    SweetTemplate.from_pretrained("org/tmpl-offline", cache_dir=hf_cache)  # warm the cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    loaded = SweetTemplate.from_pretrained("org/tmpl-offline", cache_dir=hf_cache)
+    assert torch.equal(loaded.cores["G"], tiny_template.cores["G"])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert torch.equal(SweetTemplate.from_pretrained("org/tmpl-offline", cache_dir=hf_cache, local_files_only=True).cores["G"],
+                       tiny_template.cores["G"])
+
+
+def test_offline_with_cold_cache_says_what_to_do(hub, template_dir, hf_cache, monkeypatch):
+    hub.add_repo("org/tmpl-cold", template_dir)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(TemplateNotAvailableError, match=r"not in the local Hugging Face cache.*hf download org/tmpl-cold"):
+        SweetTemplate.from_pretrained("org/tmpl-cold", cache_dir=hf_cache)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(TemplateNotAvailableError, match="HF_HUB_OFFLINE"):
+        SweetTemplate.from_pretrained("org/tmpl-cold", cache_dir=hf_cache, local_files_only=True)
+
+
+def test_offline_env_var_in_a_fresh_process(hub, template_dir, tmp_path):
+    """HF_HUB_OFFLINE=1 set before import, as users do: a warm cache loads, timm id included."""
+    hub.add_repo("org/tmpl-env", template_dir)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub-cache"), "SWEET_HUB_CACHE": str(tmp_path / "sweet")}
+    script = ("import sweet_hub, timm; m = timm.create_model('hf-hub:org/tmpl-env', depth=2, width=32, pretrained=True); "
+              "print(m.embed_dim)")
+    warm = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert warm.returncode == 0, warm.stderr[-2000:]
+    offline = subprocess.run([sys.executable, "-c", script], env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                             timeout=120)
+    assert offline.returncode == 0, offline.stderr[-2000:]
+    assert offline.stdout.strip() == "32"
+
+
+def test_missing_repo(hub, hf_cache):
+    with pytest.raises(TemplateNotAvailableError, match="neither a local folder nor a repository"):
+        SweetTemplate.from_pretrained("org/does-not-exist", cache_dir=hf_cache)
+
+
+def test_plain_timm_repo_is_not_a_template_but_loads_in_timm(hub, tiny_template, tmp_path, hf_cache, fresh_cache):
+    model = tiny_template.materialize(2, 32)
+    export_timm(model, tmp_path / "exported")
+    hub.add_repo("org/plain-vit", tmp_path / "exported")
+    with pytest.raises(NotASweetTemplateError, match="not a SWEET template"):
+        SweetTemplate.from_pretrained("org/plain-vit", cache_dir=hf_cache)
+    loaded = timm.create_model("hf-hub:org/plain-vit", pretrained=True, cache_dir=hf_cache)
+    assert _same_weights(loaded, model)
+
+
+def test_push_to_hub_round_trip(hub, tiny_template, hf_cache, monkeypatch):
+    monkeypatch.setattr(constants, "ENDPOINT", hub.uploads.endpoint)  # uploads go to the upload server
+    tiny_template.push_to_hub("org/pushed-template")
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)  # downloads through olah
+    loaded = SweetTemplate.from_pretrained("org/pushed-template", cache_dir=hf_cache)
+    assert torch.equal(loaded.cores["G"], tiny_template.cores["G"])
+    assert loaded.sizes == tiny_template.sizes
+    assert hub.uploads.commits[-1][0] == "org/pushed-template"
+
+
+def test_cli_push_validates_then_uploads(hub, template_dir, tmp_path, hf_cache, monkeypatch):
+    from sweet_hub.cli import main
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.uploads.endpoint)
+    assert main(["push", str(template_dir), "org/cli-pushed"]) == 0
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"sweet_format_version": 1}))
+    assert main(["push", str(broken), "org/cli-broken"]) == 2
+    assert not hub.olah.repo_path("org/cli-broken").exists()  # nothing uploaded
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+    assert SweetTemplate.from_pretrained("org/cli-pushed", cache_dir=hf_cache).sizes == [(2, 32), (4, 64)]
