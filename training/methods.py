@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from sweet_hub import SweetTemplate, derive_scalers, export_timm, materialize_state_dict
 from sweet_hub.config import vit_args
 
-from training.selfsup import FunctionalViT, ProjectionHead, pooled_features
+from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_features
 
-__all__ = ["SizeChoice", "SweetMethod", "SingleMethod"]
+__all__ = ["SizeChoice", "SweetMethod", "SingleMethod", "student_loss"]
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,11 @@ class SweetMethod(nn.Module):
         heads = size.width // self.template.config.head_dim
         return [self.head(self.runner.features(state, views, heads) @ to_r_space) for views in view_groups]
 
-    def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice) -> list[Tensor]:
-        return _split_embed(lambda groups: self.embed(size, groups), global_views, local_views)
+    def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
+                targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
+        """Contrastive loss of the student at ``size`` (targets: EMA teacher's, or None for its own)."""
+        students = _split_embed(lambda groups: self.embed(size, groups), global_views, local_views)
+        return student_loss(students, targets, len(global_views), temperature)
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
@@ -132,12 +135,17 @@ class SingleMethod(nn.Module):
     def sample_size(self, rng: random.Random) -> SizeChoice:
         return SizeChoice(self.size, *self.size)
 
-    def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice | None = None) -> list[Tensor]:
-        return _split_embed(lambda groups: [self.head(pooled_features(self.vit, v)) for v in groups], global_views, local_views)
+    def _embed(self, groups: list[Tensor]) -> list[Tensor]:
+        return [self.head(pooled_features(self.vit, views)) for views in groups]
+
+    def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice | None = None,
+                targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
+        students = _split_embed(self._embed, global_views, local_views)
+        return student_loss(students, targets, len(global_views), temperature)
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
-        return self.forward(global_views, [])
+        return _split_embed(self._embed, global_views, [])
 
     def export(self) -> nn.Module:
         return self.vit
@@ -151,6 +159,12 @@ class SingleMethod(nn.Module):
     def save_artefact(self, output_dir: Path, card_info: dict[str, Any]) -> Path:
         """The ViT as a stock timm repo folder (output_dir/model)."""
         return export_timm(self.vit, output_dir / "model", provenance={"pre-training": "per-size (method=single)"})
+
+
+def student_loss(students: list[Tensor], targets: list[Tensor] | None, n_global: int, temperature: float) -> Tensor:
+    """The shared contrastive loss; without a teacher the targets are the student's global views."""
+    targets = targets if targets is not None else students[:n_global]
+    return contrastive_loss(students, targets, temperature, same_views=True)
 
 
 def _split_embed(embed_groups, global_views: list[Tensor], local_views: list[Tensor]) -> list[Tensor]:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training.config import ConfigError, load_config  # noqa: E402
 from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors  # noqa: E402
-from training.selfsup import EMATeacher, contrastive_loss, cosine_schedule  # noqa: E402
+from training.selfsup import EMATeacher, cosine_schedule  # noqa: E402
 
 
 class TrainState:
@@ -254,9 +254,8 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
             global_views, local_views = augment(data.images[index], step_seed(cfg["seed"], step, micro, accelerator.process_index))
             sync = accelerator.no_sync(method) if micro < ga - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                students = method(global_views, local_views, size)
-                targets = teacher.module.embed_targets(global_views) if teacher else students[: len(global_views)]
-                loss = contrastive_loss(students, targets, cfg["temperature"], same_views=True)
+                targets = teacher.module.embed_targets(global_views) if teacher is not None else None
+                loss = method(global_views, local_views, size, targets, cfg["temperature"])
                 accelerator.backward(loss / ga)
             loss_sum += loss.item() / ga
         if cfg["clip_grad"]:

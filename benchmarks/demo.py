@@ -1,0 +1,106 @@
+"""The demo (``make demo``): many ViT sizes from one bundled template, vs random init.
+
+Materializes sizes from the template shipped in the package (anchors, unseen depths and widths,
+and 10 x 512, wider and deeper than every anchor), evaluates each by k-NN on frozen features on
+the Fashion-MNIST test set against timm's random init of the same architecture, prints a table,
+and saves benchmarks/results/demo.json and demo.png (k-NN accuracy vs parameters).
+
+    python benchmarks/demo.py [--template PATH_OR_REPO] [--train-size 5000] [--test-size 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+DEFAULT_SIZES = ["4x64", "6x128", "8x192", "6x96", "8x256", "10x256", "12x384", "10x512"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--template", help="template folder or Hub repo id (default: the bundled template)")
+    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="DEPTHxWIDTH")
+    parser.add_argument("--train-size", type=int, default=5000, help="k-NN memory: training images")
+    parser.add_argument("--test-size", type=int, default=2000, help="test images evaluated")
+    parser.add_argument("--out", default=str(RESULTS / "demo.json"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    import sweet_hub
+    from training.evaluate import EvalProtocol, evaluate_model, raw_pixel_knn
+    from training.report import random_vit
+
+    source = args.template or str(sweet_hub.BUNDLED_TEMPLATE)
+    template = sweet_hub.SweetTemplate.from_pretrained(source)
+    cfg = template.config
+    trained = bool(template.card_info.get("training"))
+    print(f"Template: {'bundled ' if args.template is None else ''}{source}")
+    if not trained:
+        print("NOTE: this template was never trained (random initialization): expect template ~ random init below.")
+    protocol = EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, args.train_size, args.test_size, 1)
+    raw = raw_pixel_knn(protocol)
+    print(f"k-NN protocol: {protocol.description['train']} train / {protocol.description['test']} test images, "
+          f"cosine k=20 T=0.07; raw pixels: {raw:.1f}%\n")
+    header = f"{'size':>8} {'params':>8} {'scalers':<22} {'materialize':>12} {'k-NN template':>14} {'k-NN random':>12}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for spec in args.sizes:
+        depth, width = (int(v) for v in spec.lower().split("x"))
+        start = time.perf_counter()
+        model = template.materialize(depth, width)
+        materialize_ms = (time.perf_counter() - start) * 1000
+        knn = evaluate_model(model, protocol, cfg.mean, cfg.std)["knn"]
+        knn_random = evaluate_model(random_vit(cfg, depth, width), protocol, cfg.mean, cfg.std)["knn"]
+        row = dict(depth=depth, width=width, params=sum(p.numel() for p in model.parameters()),
+                   scalers=template.scaler_source(depth, width), materialize_ms=round(materialize_ms, 1),
+                   knn_template=round(knn, 2), knn_random=round(knn_random, 2))
+        rows.append(row)
+        print(f"{spec:>8} {row['params'] / 1e6:7.2f}M {row['scalers']:<22} {materialize_ms:9.0f} ms {knn:13.1f}% {knn_random:11.1f}%",
+              flush=True)
+        del model
+    result = {"command": "python benchmarks/demo.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "template": source if args.template else "bundled (sweet_hub/fmnist)", "template_trained": trained,
+              "protocol": protocol.description, "raw_pixels_knn": round(raw, 2), "torch_threads": torch.get_num_threads(),
+              "sizes": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out.with_suffix(".png"))
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(result["sizes"], key=lambda r: r["params"])
+    params = [r["params"] / 1e6 for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(params, [r["knn_template"] for r in rows], "o-", label="SWEET template (materialized)")
+    ax.plot(params, [r["knn_random"] for r in rows], "s--", label="random init (timm)")
+    ax.axhline(result["raw_pixels_knn"], color="gray", ls=":", label="raw pixels")
+    for r, p in zip(rows, params):
+        ax.annotate(f"{r['depth']}x{r['width']}", (p, r["knn_template"]), textcoords="offset points", xytext=(3, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set(xlabel="parameters (M)", ylabel="k-NN accuracy (%)", title="Fashion-MNIST k-NN of frozen features")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Load time: ``create_model(pretrained=True)`` first (materialize) and cached, vs a plain checkpoint.
+
+    python benchmarks/load_time.py                       # sizes 6x192, 10x512, 12x768
+    python benchmarks/load_time.py --sizes 4x64 --repeats 3 --quick
+
+For each size: the first load (cold materialization cache), the cached load, and the load of an
+ordinary timm checkpoint of the same model (``local-dir:`` export, same timm code path); plus the
+materialization FLOPs against this machine's measured fp32 matmul throughput. Writes
+benchmarks/results/load_time.json and load_time.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """Measured fp32 matmul throughput of this machine (GFLOP/s)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--template", default=None, help="template folder or Hub id (default: the bundled template)")
+    parser.add_argument("--sizes", nargs="+", default=["6x192", "10x512", "12x768"], help="DEPTHxWIDTH")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(RESULTS / "load_time.json"))
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["SWEET_HUB_CACHE"] = str(Path(tmp) / "cache")  # cold cache, read by sweet_hub at load time
+        import timm
+
+        import sweet_hub
+        from sweet_hub.template import materialize_flops
+
+        source = args.template or str(sweet_hub.BUNDLED_TEMPLATE)
+        overlay = dict(file=source) if Path(source).is_dir() else dict(hf_hub_id=source)
+        template = sweet_hub.SweetTemplate.from_pretrained(source)
+        gflops = matmul_gflops()
+        rows = []
+        for spec in args.sizes:
+            depth, width = (int(v) for v in spec.lower().split("x"))
+
+            def load():
+                return timm.create_model("sweet_vit", depth=depth, width=width, pretrained=True, pretrained_cfg_overlay=overlay)
+
+            first_s, model = timed(load, 1)
+            cached_s, _ = timed(load, args.repeats)
+            export_dir = Path(tmp) / f"plain_{depth}x{width}"
+            sweet_hub.export_timm(model, export_dir)
+            plain_s, _ = timed(lambda: timm.create_model(f"local-dir:{export_dir}", pretrained=True), args.repeats)
+            build_s, _ = timed(lambda: template.state_dict_for(depth, width), args.repeats)
+            flops = materialize_flops(template.config, depth, width)
+            row = dict(
+                size=f"{depth}x{width}", params=sum(p.numel() for p in model.parameters()),
+                scalers=template.scaler_source(depth, width),
+                first_load_s=round(first_s, 4), cached_load_s=round(cached_s, 4), plain_checkpoint_load_s=round(plain_s, 4),
+                cached_over_plain=round(cached_s / plain_s, 3), materialize_s=round(build_s, 4),
+                materialize_gflop=round(flops / 1e9, 3), matmul_bound_s=round(flops / 1e9 / gflops, 4),
+                checkpoint_mb=round((export_dir / "model.safetensors").stat().st_size / 2**20, 2),
+            )
+            rows.append(row)
+            print(f"{row['size']:>8}  {row['params'] / 1e6:6.2f}M params  first {first_s * 1000:7.1f} ms  cached {cached_s * 1000:6.1f} ms  "
+                  f"plain {plain_s * 1000:6.1f} ms  materialize {build_s * 1000:6.1f} ms "
+                  f"({row['materialize_gflop']} GFLOP, {row['matmul_bound_s'] * 1000:.1f} ms at {gflops:.0f} GFLOP/s)")
+
+    result = {
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + (argv if argv is not None else sys.argv[1:])),
+        "template": "bundled" if args.template is None else args.template,
+        "torch_threads": torch.get_num_threads(),
+        "matmul_gflops": round(gflops, 1),
+        "repeats": args.repeats,
+        "sizes": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_plot:
+        plot(result, out.with_suffix(".png"))
+    print(f"wrote {out}")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["sizes"]
+    labels = [r["size"] for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (key, name) in enumerate([("first_load_s", "first load (materialize)"), ("cached_load_s", "cached load"),
+                                      ("plain_checkpoint_load_s", "plain timm checkpoint")]):
+        ax.bar([v + (i - 1) * 0.27 for v in x], [r[key] * 1000 for r in rows], width=0.27, label=name)
+    ax.set_xticks(list(x), labels)
+    ax.set(xlabel="depth x width", ylabel="ms", title="timm.create_model(pretrained=True) load time")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
