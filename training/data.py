@@ -87,12 +87,36 @@ def fashion_mnist(split: str = "train"):
     )
 
 
+def _digits_rows(split: str):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).astype(np.uint8)
+    index = range(0, 1000) if split == "train" else range(1000, len(images))
+    for i in index:
+        yield {"image": Image.fromarray(images[i], mode="L"), "label": int(digits.target[i])}
+
+
+def sklearn_digits(split: str = "train"):
+    """scikit-learn's 8x8 digits (shipped with scikit-learn, no download) as a ``datasets.Dataset``:
+    a transfer set unlike Fashion-MNIST. Fixed split: first 1000 images train, last 797 test."""
+    import datasets
+
+    if split not in ("train", "test"):
+        raise DataError(f"sklearn_digits has splits 'train' and 'test', not '{split}'.")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])})
+    return datasets.Dataset.from_generator(_digits_rows, features=features, gen_kwargs={"split": split})
+
+
 def load_image_dataset(spec: str, split: str = "train"):
-    """``fashion_mnist`` | ``imagefolder:PATH`` | a Hub dataset id -> ``datasets.Dataset``."""
+    """``fashion_mnist`` | ``sklearn_digits`` | ``imagefolder:PATH`` | a Hub dataset id -> ``datasets.Dataset``."""
     import datasets
 
     if spec in ("fashion_mnist", "fmnist"):
         return fashion_mnist(split)
+    if spec == "sklearn_digits":
+        return sklearn_digits(split)
     try:
         if spec.startswith("imagefolder:"):
             path = spec.split(":", 1)[1]

@@ -122,9 +122,12 @@ class SweetMethod(nn.Module):
 class SingleMethod(nn.Module):
     """An ordinary timm ViT of one size with the same head and loss (per-size baseline)."""
 
-    def __init__(self, model_name: str, model_kwargs: dict[str, Any], proj_hidden: int = 512, proj_dim: int = 128) -> None:
+    def __init__(self, model_name: str, model_kwargs: dict[str, Any], proj_hidden: int = 512, proj_dim: int = 128,
+                 pretrained_cfg: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.vit = timm.create_model(model_name, pretrained=False, dynamic_img_size=True, **model_kwargs)
+        # pretrained_cfg: the data config (input size, mean/std) recorded when the model is exported
+        self.vit = timm.create_model(model_name, pretrained=False, dynamic_img_size=True, pretrained_cfg_overlay=pretrained_cfg,
+                                     **model_kwargs)
         self.head = ProjectionHead(self.vit.embed_dim, proj_hidden, proj_dim)
         self.size = (len(self.vit.blocks), self.vit.embed_dim)
 

@@ -82,9 +82,9 @@ def extract_vit(model: nn.Module, depth: int, width: int, head_dim: int, rescale
     state = slice_state_dict({k: v.detach() for k, v in model.state_dict().items()}, depth, width, rescale)
     if state is None:
         return None
-    args = {**model._model_args, "depth": depth, "embed_dim": width, "num_heads": width // head_dim}
+    args = {**model._model_args, "depth": depth, "embed_dim": width, "num_heads": width // head_dim, "num_classes": model.num_classes}
     args.pop("dynamic_img_size", None)
-    sub = timm.create_model("vit_base_patch16_224", pretrained=False, **args)
+    sub = timm.create_model("vit_base_patch16_224", pretrained=False, pretrained_cfg_overlay=dict(model.pretrained_cfg), **args)
     sub.load_state_dict({k: v.clone() for k, v in state.items()})
     return sub.eval()
 
@@ -92,9 +92,11 @@ def extract_vit(model: nn.Module, depth: int, width: int, head_dim: int, rescale
 class POAMethod(nn.Module):
     """Full ViT + projection head; elastic sub-networks are slices of it (see module docstring)."""
 
-    def __init__(self, model_kwargs: dict[str, Any], poa_cfg: dict[str, Any], proj_hidden: int = 512, proj_dim: int = 128) -> None:
+    def __init__(self, model_kwargs: dict[str, Any], poa_cfg: dict[str, Any], proj_hidden: int = 512, proj_dim: int = 128,
+                 pretrained_cfg: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.vit = timm.create_model("vit_base_patch16_224", pretrained=False, dynamic_img_size=True, **model_kwargs)
+        self.vit = timm.create_model("vit_base_patch16_224", pretrained=False, dynamic_img_size=True,
+                                     pretrained_cfg_overlay=pretrained_cfg, **model_kwargs)
         self.vit._model_args = dict(model_kwargs)
         self.head_dim = model_kwargs["embed_dim"] // model_kwargs["num_heads"]
         self.full = (model_kwargs["depth"], model_kwargs["embed_dim"])

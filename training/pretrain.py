@@ -83,18 +83,19 @@ def build_method(cfg: dict[str, Any]) -> torch.nn.Module:
 
         template = SweetTemplate(**cfg["template"])
         return SweetMethod(template, cfg["width_scaling_p"], cfg["depth_scaling_p"], **head)
-    from sweet_hub.config import TemplateConfig, vit_args
+    from sweet_hub.config import TemplateConfig, timm_pretrained_cfg, vit_args
 
     tcfg = TemplateConfig(**{k: v for k, v in cfg["template"].items() if k != "anchors"}, anchors=[tuple(cfg["size"])])
-    model_kwargs = {k: v for k, v in vit_args(tcfg, *cfg["size"]).items()}
+    model_kwargs = vit_args(tcfg, *cfg["size"])
+    data_cfg = timm_pretrained_cfg(tcfg)
     if method == "single":
         from training.methods import SingleMethod
 
-        return SingleMethod("vit_base_patch16_224", model_kwargs, **head)
+        return SingleMethod("vit_base_patch16_224", model_kwargs, pretrained_cfg=data_cfg, **head)
     if method == "poa":
         from training.poa import POAMethod
 
-        return POAMethod(model_kwargs, cfg["poa"], **head)
+        return POAMethod(model_kwargs, cfg["poa"], pretrained_cfg=data_cfg, **head)
     raise ConfigError(f"method must be 'sweet', 'poa' or 'single', got {method!r}.")
 
 

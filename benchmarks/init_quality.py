@@ -1,0 +1,231 @@
+"""Initialization quality, side by side: SWEET vs POA, weight selection, per-size pre-training, random.
+
+    python benchmarks/init_quality.py            # full harness (~90 min on 2 CPU cores)
+    python benchmarks/init_quality.py --quick    # the same pipeline at toy scale (a few minutes; in the test suite)
+
+1. Pre-training, every method on the same data (Fashion-MNIST train, no labels), the same
+   contrastive loss and augmentations, and the same number of images seen:
+   SWEET (width-wise stochastic scaling on), SWEET without it (ablation), POA (elastic
+   sub-networks of one full ViT), and per-size pre-training of some target sizes (the expensive
+   upper bound, also the source of weight selection). Runs are cached under benchmarks/runs/
+   and resumed if interrupted.
+2. Learned scalers for the unseen sizes (template frozen, 1000 unlabeled images).
+3. For every size (anchors and unseen: other depths, other widths, wider than every anchor) and
+   every initialization: k-NN and linear probe of frozen features, fine-tuning with 1% of the
+   labels for a fixed number of steps (mean and std over seeds), and k-NN / linear probe on a
+   transfer set (scikit-learn digits, resized). A size a method cannot produce is "n/a".
+
+Writes benchmarks/results/init_quality.json (or init_quality_quick.json) and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+TEMPLATE = {"ranks": [48, 128, 128], "vector_rank": 16, "head_dim": 32, "anchors": [[4, 64], [6, 128], [8, 192]]}
+PLANS: dict[str, dict[str, Any]] = {
+    "full": {
+        "pretrain": {"max_steps": 400, "batch_size": 256, "warmup_steps": 40, "save_every": 100},
+        "template": TEMPLATE,
+        "poa_full": [8, 192],
+        "per_size": [[8, 192], [6, 160]],
+        "unseen": [[6, 96], [6, 160], [10, 256]],
+        "learned": {"images": 1000, "steps": 300},
+        "eval": {"train_size": 5000, "test_size": 2000, "finetune_labels": 600, "finetune_steps": 100, "seeds": [0, 1, 2]},
+    },
+    "quick": {
+        "pretrain": {"max_steps": 4, "batch_size": 32, "warmup_steps": 1, "save_every": 4, "num_images": 256, "n_local": 1},
+        "template": {"ranks": [8, 16, 16], "vector_rank": 4, "head_dim": 16, "anchors": [[2, 32], [3, 48]]},
+        "poa_full": [3, 48],
+        "per_size": [[3, 48]],
+        "unseen": [[2, 16], [4, 64]],
+        "learned": {"images": 64, "steps": 3},
+        "eval": {"train_size": 300, "test_size": 200, "finetune_labels": 100, "finetune_steps": 3, "seeds": [0]},
+    },
+}
+INITS = ["sweet", "sweet_learned", "sweet_no_wss", "poa", "weight_selection", "per_size", "random"]
+
+
+def pretrain(name: str, overrides: list[str], run_dir: Path, force: bool) -> dict[str, Any]:
+    """Run training/pretrain.py in its own process (cached: skipped when its summary exists)."""
+    out = run_dir / name
+    summary = out / "summary.json"
+    if summary.is_file() and not force:
+        return json.loads(summary.read_text())
+    cmd = [sys.executable, str(ROOT / "training" / "pretrain.py"), f"output_dir={out}", "final_eval={sizes: null}", *overrides]
+    if (out / "checkpoints").is_dir() and not force:
+        cmd.insert(2, "--resume")
+    print(f"[pretrain] {name}: {' '.join(cmd[1:])}", flush=True)
+    subprocess.run(cmd, check=True)
+    return json.loads(summary.read_text())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="toy scale, a few minutes (smoke test)")
+    parser.add_argument("--runs", help="where pre-training runs are cached (default: benchmarks/runs/<plan>)")
+    parser.add_argument("--force", action="store_true", help="re-run cached pre-trainings")
+    parser.add_argument("--out", help="JSON output (default: benchmarks/results/init_quality[_quick].json)")
+    args = parser.parse_args(argv)
+
+    import timm
+    import torch
+
+    from sweet_hub import SweetTemplate
+    from sweet_hub.config import TemplateConfig
+    from training.evaluate import EvalProtocol, evaluate_model, raw_pixel_knn
+    from training.learn_scalers import learn_scalers
+    from training.poa import extract_vit
+    from training.report import random_vit
+
+    plan_name = "quick" if args.quick else "full"
+    plan = PLANS[plan_name]
+    run_dir = Path(args.runs) if args.runs else ROOT / "benchmarks" / "runs" / plan_name
+    started = time.perf_counter()
+
+    # 1. pre-training: same data, loss and images seen for every method --------------------------
+    t = plan["template"]
+    common = [f"{k}={json.dumps(v)}" for k, v in plan["pretrain"].items()]
+    common += [f"template.ranks={t['ranks']}", f"template.vector_rank={t['vector_rank']}", f"template.head_dim={t['head_dim']}",
+               f"template.anchors={t['anchors']}"]
+    runs = {
+        "sweet": ["method=sweet", *common],
+        "sweet_no_wss": ["method=sweet", "width_scaling_p=0.0", *common],
+        "poa": ["method=poa", f"size={plan['poa_full']}", "teacher=ema", *common],
+    }
+    for d, w in plan["per_size"]:
+        runs[f"single_{d}x{w}"] = ["method=single", f"size=[{d},{w}]", *common]
+    summaries = {name: pretrain(name, overrides, run_dir, args.force) for name, overrides in runs.items()}
+    commands = {name: "python training/pretrain.py " + " ".join(o) for name, o in runs.items()}
+
+    # 2. artefacts and learned scalers ----------------------------------------------------------------
+    sweet = SweetTemplate.from_pretrained(run_dir / "sweet" / "template")
+    no_wss = SweetTemplate.from_pretrained(run_dir / "sweet_no_wss" / "template")
+    cfg: TemplateConfig = sweet.config
+    poa_full = timm.create_model(f"local-dir:{run_dir / 'poa' / 'poa'}", pretrained=True)
+    singles = {tuple(s): timm.create_model(f"local-dir:{run_dir / f'single_{s[0]}x{s[1]}' / 'model'}", pretrained=True)
+               for s in plan["per_size"]}
+    ws_source_size = max(singles, key=lambda s: s[0] * s[1] ** 2)
+    from training.data import load_image_tensors
+
+    unlabeled = load_image_tensors("fashion_mnist", "train", cfg.img_size, cfg.in_chans).subset(plan["learned"]["images"], seed=123)
+    learned = copy.deepcopy(sweet)
+    learned_facts = {}
+    for d, w in plan["unseen"]:
+        learned_facts[f"{d}x{w}"] = learn_scalers(learned, d, w, unlabeled.images, steps=plan["learned"]["steps"], progress=False)
+        print(f"[learned scalers] {d}x{w}: {learned_facts[f'{d}x{w}']}", flush=True)
+
+    def build(init: str, d: int, w: int):
+        if init == "sweet":
+            return sweet.materialize(d, w)
+        if init == "sweet_learned":
+            return learned.materialize(d, w) if [d, w] in plan["unseen"] else None
+        if init == "sweet_no_wss":
+            return no_wss.materialize(d, w)
+        if init == "poa":
+            return extract_vit(poa_full, d, w, cfg.head_dim)
+        if init == "weight_selection":
+            return extract_vit(singles[ws_source_size], d, w, cfg.head_dim, rescale=False)
+        if init == "per_size":
+            return copy.deepcopy(singles[(d, w)]) if (d, w) in singles else None
+        return random_vit(cfg, d, w)
+
+    # 3. evaluation -------------------------------------------------------------------------------------
+    e = plan["eval"]
+    protocol = EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, e["train_size"], e["test_size"], e["finetune_labels"])
+    transfer = EvalProtocol("sklearn_digits", cfg.img_size, cfg.in_chans, 1000, 797, 1)
+    reference = {"raw_pixels_knn": round(raw_pixel_knn(protocol), 2), "transfer_raw_pixels_knn": round(raw_pixel_knn(transfer), 2)}
+    sizes = [tuple(a) for a in cfg.anchors] + [tuple(s) for s in plan["unseen"]]
+    rows = []
+    for d, w in sizes:
+        for init in INITS:
+            model = build(init, d, w)
+            row: dict[str, Any] = {"size": f"{d}x{w}", "depth": d, "width": w, "init": init,
+                                   "kind": "anchor" if (d, w) in [tuple(a) for a in cfg.anchors] else "unseen"}
+            if model is None:
+                rows.append({**row, "available": False})
+                continue
+            row.update(available=True, params=sum(p.numel() for p in model.parameters()))
+            if init == "sweet":
+                row["scalers"] = sweet.scaler_source(d, w)
+            feats = evaluate_model(model, protocol, cfg.mean, cfg.std, knn=True, probe=True)
+            row.update(knn=round(feats["knn"], 2), linear_probe=round(feats["linear_probe"], 2))
+            tr = evaluate_model(model, transfer, cfg.mean, cfg.std, knn=True, probe=True)
+            row.update(transfer_knn=round(tr["knn"], 2), transfer_linear_probe=round(tr["linear_probe"], 2))
+            scores = [evaluate_model(copy.deepcopy(model), protocol, cfg.mean, cfg.std, knn=False, finetune_steps=e["finetune_steps"],
+                                     seed=seed)["finetune"] for seed in e["seeds"]]
+            row.update(finetune_mean=round(statistics.mean(scores), 2),
+                       finetune_std=round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0, finetune_seeds=len(scores))
+            rows.append(row)
+            print(f"[eval] {row['size']:>7} {init:<17} k-NN {row['knn']:5.1f}  probe {row['linear_probe']:5.1f}  "
+                  f"fine-tune {row['finetune_mean']:5.1f}±{row['finetune_std']:.1f}  digits k-NN {row['transfer_knn']:5.1f}", flush=True)
+
+    result = {
+        "command": "python benchmarks/init_quality.py" + (" --quick" if args.quick else ""),
+        "plan": plan_name, "plan_config": plan, "pretrain_commands": commands,
+        "pretraining": {name: {k: s[k] for k in ("steps", "images_seen", "train_seconds")} for name, s in summaries.items()},
+        "learned_scalers": learned_facts, "protocol": protocol.description, "transfer_protocol": transfer.description,
+        "finetune": {"labels": e["finetune_labels"], "steps": e["finetune_steps"], "seeds": e["seeds"]},
+        "reference": reference, "rows": rows, "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+    out = Path(args.out) if args.out else RESULTS / f"init_quality{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out.with_suffix(".png"))
+    print(f"wrote {out} ({result['wall_minutes']} min)")
+    return result
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["available"]]
+    sizes = list(dict.fromkeys(r["size"] for r in result["rows"]))
+    inits = [i for i in INITS if any(r["init"] == i for r in rows)]
+    metrics = [("knn", "k-NN (%)"), ("linear_probe", "linear probe (%)"), ("finetune_mean", "fine-tune, 1% labels (%)"),
+               ("transfer_knn", "digits k-NN (%)")]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(11, 3.2 * len(metrics)), sharex=True)
+    width = 0.8 / len(inits)
+    for ax, (key, label) in zip(axes, metrics):
+        for j, init in enumerate(inits):
+            xs, ys, errs = [], [], []
+            for i, size in enumerate(sizes):
+                match = [r for r in rows if r["size"] == size and r["init"] == init]
+                if match:
+                    xs.append(i + (j - len(inits) / 2 + 0.5) * width)
+                    ys.append(match[0][key])
+                    errs.append(match[0].get("finetune_std", 0) if key == "finetune_mean" else 0)
+            ax.bar(xs, ys, width=width, yerr=errs, label=init, capsize=2)
+        if key == "knn":
+            ax.axhline(result["reference"]["raw_pixels_knn"], color="gray", ls=":", label="raw pixels")
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+        low = min(r[key] for r in rows)
+        ax.set_ylim(max(0, low - 10), None)
+    axes[0].legend(ncol=4, fontsize=8, loc="lower left")
+    axes[-1].set_xticks(range(len(sizes)), [f"{s}\n({'anchor' if any(r['size'] == s and r['kind'] == 'anchor' for r in rows) else 'unseen'})"
+                                            for s in sizes])
+    fig.suptitle("Initialization quality on Fashion-MNIST (same pre-training data, loss and images seen)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
