@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.05,
     "clip_grad": 3.0,
     "mixed_precision": None,           # None: the launcher decides; "no" | "bf16"
+    "num_threads": None,               # torch CPU threads per process; None: cores / processes
+                                       # (accelerate launch --cpu otherwise leaves 1 thread per process)
     # self-supervision
     "temperature": 0.2,
     "teacher": "none",                 # none (SimCLR-style) | ema (MoCo-v3-style targets)

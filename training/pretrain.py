@@ -65,7 +65,7 @@ class TrainState:
         self.step, self.images_seen, self.train_seconds = state["step"], state["images_seen"], state["train_seconds"]
 
 
-_RESUMABLE_CHANGES = {"max_steps", "save_every", "save_total_limit", "log_every", "final_eval", "output_dir", "log_with"}
+_RESUMABLE_CHANGES = {"max_steps", "save_every", "save_total_limit", "log_every", "final_eval", "output_dir", "log_with", "num_threads"}
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
@@ -207,6 +207,8 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         accel_kwargs.update(log_with="tensorboard", project_dir=str(output_dir / "logs"))
     accelerator = Accelerator(**accel_kwargs)
     set_seed(cfg["seed"])
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(cfg["num_threads"] or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
 
     tcfg = cfg["template"]
     data = load_image_tensors(cfg["data"], "train", tcfg["img_size"], tcfg["in_chans"])
@@ -271,6 +273,7 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         images_since_log += cfg["batch_size"]
         bar.update(1)
         if state.step % cfg["log_every"] == 0 or state.step == max_steps:
+            loss_sum = accelerator.reduce(torch.tensor(loss_sum), reduction="mean").item()  # mean over processes
             now = time.perf_counter()
             rate = images_since_log / (now - last_log)
             last_log, images_since_log = now, 0

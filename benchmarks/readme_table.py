@@ -1,0 +1,172 @@
+"""Regenerate the README's results section from benchmarks/results/*.json.
+
+    python benchmarks/readme_table.py          # rewrites README.md between the results markers
+    python benchmarks/readme_table.py --print  # only print the section
+
+Every number in the section comes from a JSON file written by a benchmark script, with the
+command that produced it; missing files are skipped (and said so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+INIT_NAMES = {
+    "sweet": "SWEET (stored or derived scalers)", "sweet_learned": "SWEET, learned scalers", "sweet_no_wss": "SWEET without width-wise scaling",
+    "poa": "POA extraction", "weight_selection": "weight selection", "per_size": "per-size pre-training", "random": "random init",
+}
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def demo_section(r: dict[str, Any]) -> list[str]:
+    p = r["protocol"]
+    lines = [
+        "### One template, many sizes (`make demo`)",
+        "",
+        f"k-NN accuracy (cosine, k=20) of frozen features on Fashion-MNIST ({p['train']} train / {p['test']} test images); "
+        f"raw pixels: **{r['raw_pixels_knn']:.1f}%**. `{r['command']}`",
+        "",
+        "| size | params | scalers | materialize | k-NN template | k-NN random init |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in r["sizes"]:
+        lines.append(f"| {s['depth']} x {s['width']} | {s['params'] / 1e6:.2f}M | {s['scalers']} | {s['materialize_ms']:.0f} ms | "
+                     f"**{s['knn_template']:.1f}** | {s['knn_random']:.1f} |")
+    lines += ["", "![demo](benchmarks/results/demo.png)", ""]
+    return lines
+
+
+def init_quality_section(r: dict[str, Any]) -> list[str]:
+    pre = r["pretraining"]
+    budget = ", ".join(f"{k}: {v['images_seen']:,} images / {v['train_seconds'] / 60:.1f} min" for k, v in pre.items())
+    ft = r["finetune"]
+    lines = [
+        "### Which initialization wins (SWEET vs POA and baselines)",
+        "",
+        f"Same data (Fashion-MNIST, no labels), same contrastive loss and the same images seen for every pre-training "
+        f"({budget}). Metrics: k-NN / linear probe of frozen features, fine-tuning with {ft['labels']} labels (1%) for "
+        f"{ft['steps']} steps (mean ± std over {len(ft['seeds'])} seeds), and k-NN on a transfer set (scikit-learn digits). "
+        f"Raw-pixel k-NN: {r['reference']['raw_pixels_knn']:.1f}% (digits: {r['reference']['transfer_raw_pixels_knn']:.1f}%). "
+        f"`{r['command']}` ({r['wall_minutes']:.0f} min).",
+        "",
+        "| size | init | k-NN | linear probe | fine-tune 1% | digits k-NN |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    best = {}
+    for row in r["rows"]:
+        if row["available"]:
+            for key in ("knn", "linear_probe", "finetune_mean", "transfer_knn"):
+                best[(row["size"], key)] = max(best.get((row["size"], key), -1), row[key])
+    for row in r["rows"]:
+        label = INIT_NAMES.get(row["init"], row["init"])
+        size = f"{row['size']} ({row['kind']})"
+        if not row["available"]:
+            lines.append(f"| {size} | {label} | n/a | n/a | n/a | n/a |")
+            continue
+
+        def cell(key: str, text: str) -> str:
+            return f"**{text}**" if row[key] == best[(row["size"], key)] else text
+
+        lines.append(f"| {size} | {label}{' (' + row['scalers'] + ')' if 'scalers' in row else ''} | {cell('knn', f'{row['knn']:.1f}')} | "
+                     f"{cell('linear_probe', f'{row['linear_probe']:.1f}')} | "
+                     f"{cell('finetune_mean', f'{row['finetune_mean']:.1f} ± {row['finetune_std']:.1f}')} | "
+                     f"{cell('transfer_knn', f'{row['transfer_knn']:.1f}')} |")
+    lines += ["", "![init quality](benchmarks/results/init_quality.png)", ""]
+    return lines
+
+
+def load_time_section(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Load time",
+        "",
+        f"`timm.create_model(..., pretrained=True)`, median of {r['repeats']}; matmul throughput measured at "
+        f"{r['matmul_gflops']:.0f} GFLOP/s ({r['torch_threads']} threads). `{r['command']}`",
+        "",
+        "| size | params | first load (materialize) | cached load | plain timm checkpoint | materialize only | GFLOP |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in r["sizes"]:
+        lines.append(f"| {s['size']} | {s['params'] / 1e6:.1f}M | {s['first_load_s'] * 1000:.0f} ms | {s['cached_load_s'] * 1000:.0f} ms | "
+                     f"{s['plain_checkpoint_load_s'] * 1000:.0f} ms | {s['materialize_s'] * 1000:.0f} ms | {s['materialize_gflop']:.2f} |")
+    return lines + [""]
+
+
+def overhead_section(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Training cost",
+        "",
+        f"Pre-training step time, same ViT, same loss and optimizer ({r['steps'][0]['images_per_step']} images/step). `{r['command']}`",
+        "",
+        "| size | SWEET step | plain timm step | overhead |",
+        "| --- | --- | --- | --- |",
+    ]
+    for s in r["steps"]:
+        lines.append(f"| {s['size']} | {s['sweet_step_s'] * 1000:.0f} ms | {s['plain_timm_step_s'] * 1000:.0f} ms | {s['overhead'] * 100:+.1f}% |")
+    sc = r["scaler_learning"]
+    text = (f"Learning the scalers of {sc['size']}: {sc['seconds']:.0f} s, {sc['images']} unlabeled images, {sc['steps']} steps "
+            f"(distillation loss {sc['distill_loss_before']} -> {sc['distill_loss_after']})")
+    if "fraction_of_pretraining_time" in sc:
+        text += (f", i.e. {sc['fraction_of_pretraining_time'] * 100:.1f}% of the template's pre-training time and "
+                 f"{sc['fraction_of_pretraining_images'] * 100:.1f}% of its image passes")
+    return lines + ["", text + ".", ""]
+
+
+def storage_section(r: dict[str, Any]) -> list[str]:
+    n = len(r["sizes"])
+    lines = [
+        "### Storage",
+        "",
+        f"Template ({r['template_bytes'] / 2**20:.2f} MB) + {n} scaler files = {r['total_template_plus_scalers_bytes'] / 2**20:.2f} MB, "
+        f"vs {n} timm checkpoints = {r['total_checkpoints_bytes'] / 2**20:.1f} MB (**{r['ratio']:.0f}x**). `{r['command']}`",
+    ]
+    c = r.get("compute") or {}
+    if "per_size_total_minutes_estimate" in c:
+        lines.append(f"Pre-training: one template, {c['template_minutes']:.0f} min for every size, vs an estimated "
+                     f"{c['per_size_total_minutes_estimate']:.0f} min to pre-train only the anchor sizes separately on the same images "
+                     f"({c['note']}).")
+    return lines + [""]
+
+
+def build_section() -> str:
+    parts = ["## Results", "", "Measured on a 2-core CPU; every table is generated by `benchmarks/readme_table.py` from "
+             "`benchmarks/results/*.json`.", ""]
+    for name, fn in (("demo", demo_section), ("init_quality", init_quality_section), ("load_time", load_time_section),
+                     ("train_overhead", overhead_section), ("storage_cost", storage_section)):
+        data = _load(name)
+        parts += fn(data) if data else [f"_{name}: not run yet (`python benchmarks/{name}.py`)._", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--print", action="store_true")
+    args = parser.parse_args(argv)
+    section = build_section()
+    if args.print:
+        print(section)
+        return section
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md has no {START} ... {END} markers")
+    new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: f"{START}\n{section}{END}", text, flags=re.S)
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(new)
+    tmp.replace(readme)
+    print(f"updated {readme}")
+    return section
+
+
+if __name__ == "__main__":
+    main()

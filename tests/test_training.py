@@ -1,0 +1,197 @@
+"""training/: tiny pre-training runs (1 and 2 processes), exact resume after SIGKILL, scaler
+learning, evaluation, and clear errors for bad configs and data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+PRETRAIN = [sys.executable, str(ROOT / "training" / "pretrain.py"), "--config", str(ROOT / "training" / "configs" / "tiny.yaml")]
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+NO_EVAL = "final_eval={sizes: null}"
+
+
+def run(cmd: list[str], timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stderr[-4000:]}")
+    return result
+
+
+def template_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(folder / "template.safetensors")
+    for path in sorted((folder / "scalers").glob("*.safetensors")):
+        tensors.update({f"{path.stem}.{k}": v for k, v in load_file(path).items()})
+    return tensors
+
+
+def test_tiny_pretraining_writes_a_template_with_card_and_metrics(tmp_path):
+    out = tmp_path / "run"
+    run([*PRETRAIN, f"output_dir={out}"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["images_seen"] == 6 * 32
+    sizes = {(r["depth"], r["width"]): r for r in summary["metrics"]["sizes"]}
+    assert set(sizes) == {(2, 32), (3, 48), (2, 64)} and sizes[(2, 64)]["init"] == "derived from d3_w48"
+    assert 10 < summary["metrics"]["raw_pixels_knn"] <= 100
+    card = (out / "template" / "README.md").read_text()
+    assert "training/pretrain.py" in card and "images seen" in card and "k-NN" in card
+    assert (out / "loss.png").stat().st_size > 0 and len((out / "train_log.csv").read_text().splitlines()) == 7
+    from sweet_hub import SweetTemplate
+
+    assert SweetTemplate.from_pretrained(out / "template").materialize(5, 80).embed_dim == 80
+
+
+def test_two_process_ddp_run(tmp_path):
+    out = tmp_path / "ddp"
+    run([ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", *PRETRAIN[1:], f"output_dir={out}", NO_EVAL])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images_seen"] == 6 * 32
+    assert (out / "template" / "template.safetensors").is_file()
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    steps = ["max_steps=30", "save_every=2", NO_EVAL]
+    run([*PRETRAIN, f"output_dir={tmp_path / 'straight'}", *steps])
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*PRETRAIN, f"output_dir={killed}", *steps], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step_6").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "run ended before a checkpoint appeared"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    resumed = run([*PRETRAIN, f"output_dir={killed}", *steps, "--resume"])
+    assert "Resumed from" in resumed.stdout + resumed.stderr
+
+    a, b = template_tensors(tmp_path / "straight" / "template"), template_tensors(killed / "template")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    log = (killed / "train_log.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in log[1:]] == list(range(1, 31))  # no duplicated or lost rows
+
+
+def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
+    result = run([*PRETRAIN, f"output_dir={tmp_path / 'none'}", "--resume"], check=False)
+    assert result.returncode == 2 and "no checkpoint" in result.stderr
+    run([*PRETRAIN, f"output_dir={tmp_path / 'r'}", "max_steps=2", "save_every=2", NO_EVAL])
+    result = run([*PRETRAIN, f"output_dir={tmp_path / 'r'}", "max_steps=4", "lr=0.5", NO_EVAL, "--resume"], check=False)
+    assert result.returncode == 2 and "config differs" in result.stderr and "'lr'" in result.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("learning_rate=0.1", "Unknown config key 'learning_rate'"),
+    ("template.rank=[1,2,3]", "Unknown config key 'template.rank'"),
+    ("method=dino", "method='dino' is not one of"),
+    ("lr=fast", "lr must be a number"),
+    ("template.anchors=[[2,30]]", "not a multiple of head_dim"),
+    ("grad_accum=5", "divisible by grad_accum=5"),
+])
+def test_bad_config_is_a_clear_error(override, message):
+    from training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "training" / "configs" / "tiny.yaml", [override])
+
+
+def test_cli_errors_exit_2_without_traceback(tmp_path):
+    result = run([*PRETRAIN, "learning_rate=0.1"], check=False)
+    assert result.returncode == 2 and "Unknown config key" in result.stderr and "Traceback" not in result.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run([*PRETRAIN, f"output_dir={blocker / 'sub'}"], check=False)
+    assert result.returncode == 2 and "is not writable" in result.stderr
+
+
+def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch):
+    import training.data as data
+
+    monkeypatch.setattr(data, "FMNIST_DIR", tmp_path / "nothing")
+    with pytest.raises(data.DataError, match="apt-get install -y dataset-fashion-mnist"):
+        data.fashion_mnist("train")
+    with pytest.raises(data.DataError, match="not a folder"):
+        data.load_image_dataset(f"imagefolder:{tmp_path / 'missing'}")
+
+
+def test_imagefolder_dataset(tmp_path):
+    from PIL import Image
+
+    from training.data import load_image_tensors
+
+    for label in ("a", "b"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 30), color=(i * 40, 0, 0)).save(tmp_path / "imgs" / label / f"{i}.png")
+    tensors = load_image_tensors(f"imagefolder:{tmp_path / 'imgs'}", "train", 28, 1)
+    assert tensors.images.shape == (6, 1, 28, 28) and sorted(tensors.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_template_of_another_format_version_is_refused(tmp_path, template_dir):
+    config = json.loads((template_dir / "config.json").read_text())
+    config["sweet_format_version"] = 2
+    (template_dir / "config.json").write_text(json.dumps(config))
+    result = run([sys.executable, str(ROOT / "training" / "learn_scalers.py"), "--template", str(template_dir),
+                  "--depth", "3", "--width", "48"], check=False)
+    assert result.returncode == 2 and "sweet_format_version 2 is not supported" in result.stderr
+
+
+def test_learn_scalers_improves_distillation_and_leaves_template_untouched(template_dir):
+    before = (template_dir / "template.safetensors").read_bytes()
+    result = run([sys.executable, str(ROOT / "training" / "learn_scalers.py"), "--template", str(template_dir), "--depth", "3",
+                  "--width", "48", "--num-images", "128", "--steps", "25", "--batch-size", "32"])
+    facts = json.loads(result.stdout[result.stdout.index("{"):])
+    assert facts["distill_loss_after"] < facts["distill_loss_before"]
+    assert (template_dir / "template.safetensors").read_bytes() == before
+    from sweet_hub import SweetTemplate
+
+    loaded = SweetTemplate.from_pretrained(template_dir)
+    assert loaded.scaler_source(3, 48) == "learned"
+    assert loaded.scaler_info["d3_w48"]["images"] == 128 and loaded.scaler_info["d3_w48"]["steps"] == 25
+    assert "learned" in (template_dir / "README.md").read_text()
+
+
+def test_evaluate_cli_writes_json(tmp_path, template_dir):
+    out = tmp_path / "eval.json"
+    run([sys.executable, str(ROOT / "training" / "evaluate.py"), "--model", "sweet_vit", "--depth", "2", "--width", "32",
+         "--template", str(template_dir), "--knn", "--linear-probe", "--finetune-labels", "100", "--finetune-steps", "3",
+         "--train-size", "300", "--test-size", "200", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert {"knn", "linear_probe", "finetune"} <= set(report) and 0 <= report["knn"] <= 100
+    assert report["protocol"]["train"] == 300
+
+
+def test_knn_on_separable_features_is_perfect():
+    from training.evaluate import knn_accuracy, linear_probe
+
+    labels = torch.arange(4).repeat_interleave(25)
+    feats = torch.nn.functional.one_hot(labels, 4).float() + 0.01 * torch.randn(100, 4)
+    assert knn_accuracy(feats, labels, feats, labels, k=5) == 100.0
+    assert linear_probe(feats, labels, feats, labels, epochs=100) == 100.0
+
+
+def test_poa_slicing_is_exact_for_the_full_size_and_extracts_subnetworks():
+    from sweet_hub import SweetTemplate
+    from training.poa import extract_vit, slice_state_dict
+
+    model = SweetTemplate(head_dim=16, ranks=(8, 16, 16), vector_rank=4, anchors=[(4, 64)]).materialize(4, 64)
+    state = model.state_dict()
+    same = slice_state_dict(state, 4, 64)
+    assert all(torch.equal(same[k], state[k]) for k in state)
+    assert slice_state_dict(state, 5, 64) is None and slice_state_dict(state, 4, 80) is None
+    sub = extract_vit(model, 2, 32, head_dim=16)
+    assert (len(sub.blocks), sub.embed_dim, sub.blocks[0].attn.num_heads) == (2, 32, 2)
+    torch.testing.assert_close(sub.blocks[1].attn.proj.weight, state["blocks.3.attn.proj.weight"][:32, :32] * 2)
+    assert sub(torch.randn(1, 1, 28, 28)).shape == (1, 10)
