@@ -11,14 +11,10 @@ and saves benchmarks/results/demo.json and demo.png (k-NN accuracy vs parameters
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+from common import RESULTS, command, pyplot, save_result
 
 DEFAULT_SIZES = ["4x64", "6x128", "8x192", "6x96", "8x256", "10x256", "12x384", "10x512"]
 
@@ -67,24 +63,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{spec:>8} {row['params'] / 1e6:7.2f}M {row['scalers']:<22} {materialize_ms:9.0f} ms {knn:13.1f}% {knn_random:11.1f}%",
               flush=True)
         del model
-    result = {"command": "python benchmarks/demo.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    result = {"command": command("demo.py", argv),
               "template": source if args.template else "bundled (sweet_hub/fmnist)", "template_trained": trained,
               "protocol": protocol.description, "raw_pixels_knn": round(raw, 2), "torch_threads": torch.get_num_threads(),
               "sizes": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out.with_suffix(".png"))
-    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    save_result(result, args.out, plot)
     return result
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = sorted(result["sizes"], key=lambda r: r["params"])
     params = [r["params"] / 1e6 for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -30,9 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+from common import RESULTS, ROOT, pyplot, save_result
 
 TEMPLATE = {"ranks": [48, 128, 128], "vector_rank": 16, "head_dim": 32, "anchors": [[4, 64], [6, 128], [8, 192]]}
 PLANS: dict[str, dict[str, Any]] = {
@@ -181,20 +179,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reference": reference, "rows": rows, "wall_minutes": round((time.perf_counter() - started) / 60, 1),
         "torch_threads": torch.get_num_threads(),
     }
-    out = Path(args.out) if args.out else RESULTS / f"init_quality{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out.with_suffix(".png"))
-    print(f"wrote {out} ({result['wall_minutes']} min)")
+    save_result(result, args.out or RESULTS / f"init_quality{'_quick' if args.quick else ''}.json", plot)
     return result
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = [r for r in result["rows"] if r["available"]]
     sizes = list(dict.fromkeys(r["size"] for r in result["rows"]))
     inits = [i for i in INITS if any(r["init"] == i for r in rows)]

@@ -12,18 +12,15 @@ benchmarks/results/load_time.json and load_time.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from common import RESULTS, command, pyplot, save_result
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
@@ -93,28 +90,19 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({row['materialize_gflop']} GFLOP, {row['matmul_bound_s'] * 1000:.1f} ms at {gflops:.0f} GFLOP/s)")
 
     result = {
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + (argv if argv is not None else sys.argv[1:])),
+        "command": command("load_time.py", argv),
         "template": "bundled" if args.template is None else args.template,
         "torch_threads": torch.get_num_threads(),
         "matmul_gflops": round(gflops, 1),
         "repeats": args.repeats,
         "sizes": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    if not args.no_plot:
-        plot(result, out.with_suffix(".png"))
-    print(f"wrote {out}")
+    save_result(result, args.out, None if args.no_plot else plot)
     return result
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = result["sizes"]
     labels = [r["size"] for r in rows]
     x = range(len(rows))

@@ -78,10 +78,12 @@ def init_quality_section(r: dict[str, Any]) -> list[str]:
         def cell(key: str, text: str) -> str:
             return f"**{text}**" if row[key] == best[(row["size"], key)] else text
 
-        lines.append(f"| {size} | {label}{' (' + row['scalers'] + ')' if 'scalers' in row else ''} | {cell('knn', f'{row['knn']:.1f}')} | "
-                     f"{cell('linear_probe', f'{row['linear_probe']:.1f}')} | "
-                     f"{cell('finetune_mean', f'{row['finetune_mean']:.1f} ± {row['finetune_std']:.1f}')} | "
-                     f"{cell('transfer_knn', f'{row['transfer_knn']:.1f}')} |")
+        scalers = f" ({row['scalers']})" if "scalers" in row else ""
+        knn = cell("knn", f"{row['knn']:.1f}")
+        probe = cell("linear_probe", f"{row['linear_probe']:.1f}")
+        finetune = cell("finetune_mean", f"{row['finetune_mean']:.1f} ± {row['finetune_std']:.1f}")
+        transfer = cell("transfer_knn", f"{row['transfer_knn']:.1f}")
+        lines.append(f"| {size} | {label}{scalers} | {knn} | {probe} | {finetune} | {transfer} |")
     lines += ["", "![init quality](benchmarks/results/init_quality.png)", ""]
     return lines
 

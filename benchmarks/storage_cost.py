@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+from common import RESULTS, command, pyplot, save_result
 DEFAULT_SIZES = ["4x64", "6x128", "8x192", "6x96", "8x256", "10x256", "12x384", "10x512"]
 
 
@@ -73,23 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
                            note="per-size minutes = same images seen at the plain-timm step time measured by train_overhead.py")
             print(f"pre-training: one template {minutes:.0f} min for all sizes vs ~{sum(per_size.values()):.0f} min to pre-train "
                   f"only the {len(per_size)} anchor sizes separately on the same data")
-    result = {"command": "python benchmarks/storage_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    result = {"command": command("storage_cost.py", argv),
               "template_bytes": template_bytes, "sizes": rows, "total_template_plus_scalers_bytes": total_sweet,
               "total_checkpoints_bytes": total_ckpt, "ratio": round(total_ckpt / total_sweet, 2), "compute": compute}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out.with_suffix(".png"))
-    print(f"wrote {out}")
+    save_result(result, args.out, plot)
     return result
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = result["sizes"]
     cum_ckpt, cum_sweet = [], []
     total_c, total_s = 0, result["template_bytes"]

@@ -13,17 +13,13 @@ Writes benchmarks/results/train_overhead.json and .png.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+from common import RESULTS, command, pyplot, save_result
 
 
 def step_times(method: torch.nn.Module, size, views, steps: int) -> list[float]:
@@ -88,23 +84,15 @@ def main(argv: list[str] | None = None) -> dict:
         scaler["fraction_of_pretraining_time"] = round(facts["seconds"] / (pre_minutes * 60), 5)
     print(f"learn scalers {args.scaler_size}: {facts['seconds']} s, {scaler['images_processed']:,} image passes over "
           f"{facts['images']} images; loss {facts['distill_loss_before']} -> {facts['distill_loss_after']}")
-    result = {"command": "python benchmarks/train_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    result = {"command": command("train_overhead.py", argv),
               "torch_threads": torch.get_num_threads(), "loss": "multi-crop contrastive (2 global + 2 local crops)",
               "steps": rows, "scaler_learning": scaler}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out.with_suffix(".png"))
-    print(f"wrote {out}")
+    save_result(result, args.out, plot)
     return result
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = result["steps"]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(6, 4))
