@@ -41,3 +41,30 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def finish(fig, ax, path: Path, legend_loc: str = "best", grid_axis: str = "both", **labels: str) -> None:
+    """Label, legend, grid and save a figure, then close it."""
+    plt = pyplot()
+    ax.set(**labels)
+    ax.legend(loc=legend_loc)
+    ax.grid(axis=grid_axis, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], hline: tuple[str, float] | None = None,
+                 **labels: str) -> None:
+    """One bar per series in each group (e.g. load times per size); ``hline`` = (label, value) reference.
+    With a reference line the y axis starts a little below the lowest bar, so differences stay visible."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(groups) + 0.4 * len(series)), 4.5))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar([g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))], values, width=width, label=name)
+    ax.set_xticks(range(len(groups)), groups)
+    if hline is not None:
+        ax.axhline(hline[1], color="gray", ls=":", label=hline[0])
+        ax.set_ylim(max(0.0, min(min(v) for v in series.values()) - 5), None)
+    finish(fig, ax, path, legend_loc="lower left" if hline else "best", grid_axis="y", **labels)

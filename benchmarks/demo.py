@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from common import RESULTS, command, pyplot, save_result
+from common import RESULTS, command, finish, pyplot, save_result
 
 DEFAULT_SIZES = ["4x64", "6x128", "8x192", "6x96", "8x256", "10x256", "12x384", "10x512"]
 
@@ -82,12 +82,8 @@ def plot(result: dict, path: Path) -> None:
     for r, p in zip(rows, params):
         ax.annotate(f"{r['depth']}x{r['width']}", (p, r["knn_template"]), textcoords="offset points", xytext=(3, 5), fontsize=8)
     ax.set_xscale("log")
-    ax.set(xlabel="parameters (M)", ylabel="k-NN accuracy (%)", title="Fashion-MNIST k-NN of frozen features")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, ax, path, legend_loc="lower right", xlabel="parameters (M)", ylabel="k-NN accuracy (%)",
+           title="Fashion-MNIST k-NN of frozen features")
 
 
 if __name__ == "__main__":

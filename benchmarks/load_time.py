@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, command, pyplot, save_result
+from common import RESULTS, command, grouped_bars, save_result
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
@@ -102,21 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    plt = pyplot()
     rows = result["sizes"]
-    labels = [r["size"] for r in rows]
-    x = range(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (key, name) in enumerate([("first_load_s", "first load (materialize)"), ("cached_load_s", "cached load"),
-                                      ("plain_checkpoint_load_s", "plain timm checkpoint")]):
-        ax.bar([v + (i - 1) * 0.27 for v in x], [r[key] * 1000 for r in rows], width=0.27, label=name)
-    ax.set_xticks(list(x), labels)
-    ax.set(xlabel="depth x width", ylabel="ms", title="timm.create_model(pretrained=True) load time")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    grouped_bars(path, [r["size"] for r in rows], {
+        "first load (materialize)": [r["first_load_s"] * 1000 for r in rows],
+        "cached load": [r["cached_load_s"] * 1000 for r in rows],
+        "plain timm checkpoint": [r["plain_checkpoint_load_s"] * 1000 for r in rows],
+    }, xlabel="depth x width", ylabel="ms", title="timm.create_model(pretrained=True) load time")
 
 
 if __name__ == "__main__":

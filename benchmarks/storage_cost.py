@@ -17,7 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, command, pyplot, save_result
+from common import RESULTS, command, finish, pyplot, save_result
 DEFAULT_SIZES = ["4x64", "6x128", "8x192", "6x96", "8x256", "10x256", "12x384", "10x512"]
 
 
@@ -91,12 +91,7 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(n, cum_ckpt, "s-", label="one checkpoint per size")
     ax.plot(n, cum_sweet, "o-", label="template + scaler files")
-    ax.set(xlabel="number of sizes stored", ylabel="MB (cumulative)", title="storage")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, ax, path, xlabel="number of sizes stored", ylabel="MB (cumulative)", title="storage")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, command, pyplot, save_result
+from common import RESULTS, command, grouped_bars, save_result
 
 
 def step_times(method: torch.nn.Module, size, views, steps: int) -> list[float]:
@@ -92,19 +92,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    plt = pyplot()
     rows = result["steps"]
-    x = range(len(rows))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar([i - 0.2 for i in x], [r["sweet_step_s"] * 1000 for r in rows], width=0.4, label="SWEET (materialize in step)")
-    ax.bar([i + 0.2 for i in x], [r["plain_timm_step_s"] * 1000 for r in rows], width=0.4, label="plain timm ViT")
-    ax.set_xticks(list(x), [r["size"] for r in rows])
-    ax.set(xlabel="depth x width", ylabel="ms per optimizer step", title=f"pre-training step time ({rows[0]['images_per_step']} images)")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    grouped_bars(path, [r["size"] for r in rows], {
+        "SWEET (materialize in step)": [r["sweet_step_s"] * 1000 for r in rows],
+        "plain timm ViT": [r["plain_timm_step_s"] * 1000 for r in rows],
+    }, xlabel="depth x width", ylabel="ms per optimizer step", title=f"pre-training step time ({rows[0]['images_per_step']} images)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -127,3 +128,45 @@ def test_cli_push_validates_then_uploads(hub, template_dir, tmp_path, hf_cache, 
     assert not hub.olah.repo_path("org/cli-broken").exists()  # nothing uploaded
     monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
     assert SweetTemplate.from_pretrained("org/cli-pushed", cache_dir=hf_cache).sizes == [(2, 32), (4, 64)]
+
+
+def test_hub_dataset_id_loads_online_then_offline(hub, tmp_path):
+    """training/data.py reads any Hub dataset through `datasets`, from the HF cache when offline."""
+    import datasets
+    from PIL import Image
+
+    from hub_server import git_commit_folder
+
+    repo = hub.olah.mirrors / "datasets" / "org" / "tiny-images"
+    (repo / "data").mkdir(parents=True)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["dark", "light"])})
+    ds = datasets.Dataset.from_dict({"image": [Image.new("L", (32, 32), v) for v in range(0, 240, 12)],
+                                     "label": [int(v >= 120) for v in range(0, 240, 12)]}, features=features)
+    ds.to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                    "    path: data/train-*\n---\n# tiny images\n")
+    git_commit_folder(repo)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets")}
+    code = ("import sys; sys.path.insert(0, %r); from training.data import load_image_tensors; "
+            "t = load_image_tensors('org/tiny-images', 'train', 28, 1); print(tuple(t.images.shape), sum(t.labels.tolist()))"
+            % str(Path(__file__).resolve().parent.parent))
+    for extra in ({}, {"HF_HUB_OFFLINE": "1"}):
+        result = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split()[-1] == "10" and "(20, 1, 28, 28)" in result.stdout
+
+
+def test_push_uses_the_token(hub, tiny_template, monkeypatch):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hub_server import UploadServer
+
+    private = UploadServer(hub.olah, token="hf_secret").start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", private.endpoint)
+        with pytest.raises(HfHubHTTPError, match="401"):
+            tiny_template.push_to_hub("org/private-template", token="hf_wrong")
+        tiny_template.push_to_hub("org/private-template", token="hf_secret", private=True)
+        assert private.commits[-1][0] == "org/private-template"
+    finally:
+        private.stop()

@@ -60,6 +60,14 @@ def test_two_process_ddp_run(tmp_path):
     assert (out / "template" / "template.safetensors").is_file()
 
 
+def test_gradient_accumulation_and_bf16(tmp_path):
+    out = tmp_path / "ga"
+    run([*PRETRAIN, f"output_dir={out}", "grad_accum=2", "mixed_precision=bf16", "max_steps=3", NO_EVAL])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images_seen"] == 3 * 32  # batch_size counts images per optimizer step, accumulation included
+    assert all(v.dtype == torch.float32 for v in template_tensors(out / "template").values())  # master weights stay fp32
+
+
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     steps = ["max_steps=30", "save_every=2", NO_EVAL]
     run([*PRETRAIN, f"output_dir={tmp_path / 'straight'}", *steps])

@@ -179,7 +179,8 @@ def plot_loss(log_path: Path, out_path: Path, title: str) -> None:
 
 
 def _command() -> str:
-    launcher = "accelerate launch " if "ACCELERATE_MIXED_PRECISION" in os.environ or "LOCAL_RANK" in os.environ else "python "
+    launched = any(k.startswith("ACCELERATE_") for k in os.environ) or "LOCAL_RANK" in os.environ
+    launcher = "accelerate launch " if launched else "python "
     return launcher + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
