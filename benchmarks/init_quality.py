@@ -35,7 +35,7 @@ from common import RESULTS, ROOT, pyplot, save_result
 TEMPLATE = {"ranks": [48, 128, 128], "vector_rank": 16, "head_dim": 32, "anchors": [[4, 64], [6, 128], [8, 192]]}
 PLANS: dict[str, dict[str, Any]] = {
     "full": {
-        "pretrain": {"max_steps": 400, "batch_size": 256, "warmup_steps": 40, "save_every": 100},
+        "pretrain": {"max_steps": 300, "batch_size": 256, "warmup_steps": 30, "save_every": 100},
         "template": TEMPLATE,
         "poa_full": [8, 192],
         "per_size": [[8, 192], [6, 160]],

@@ -75,7 +75,7 @@ class TemplateConfig:
     global_pool: str = "token"
     # How derived scalers (sizes with no stored scaler file) are rescaled; see template.derive_scalers.
     depth_rescale: bool = True
-    width_rescale: bool = True
+    width_rescale: bool = False  # measured worse on the bundled template (benchmarks/derived_scalers.py)
     label_names: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 

@@ -86,7 +86,7 @@ def test_derive_rescaling():
     cfg = TemplateConfig(**{**TINY, "anchors": [(2, 32)]})
     s = init_scalers(cfg, 2, 32, torch.Generator().manual_seed(0))
     plain = derive_scalers(s, 4, 64, depth_rescale=False, width_rescale=False)
-    scaled = derive_scalers(s, 4, 64)
+    scaled = derive_scalers(s, 4, 64, depth_rescale=True, width_rescale=True)
     torch.testing.assert_close(scaled["X"][:, 0], plain["X"][:, 0])          # q block untouched
     torch.testing.assert_close(scaled["X"][:, 3], plain["X"][:, 3] * 0.5)    # attn.proj
     torch.testing.assert_close(scaled["X"][:, 8:], plain["X"][:, 8:] * 0.5)  # fc2 blocks

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sweet_hub import SweetHubError, SweetTemplate, materialize_state_dict  # noqa: E402
 from sweet_hub.config import vit_args  # noqa: E402
 from sweet_hub.hub import add_scaler_file  # noqa: E402
+from training.config import set_cpu_threads  # noqa: E402
 from training.data import DataError, MultiCropAugment, load_image_tensors, normalize  # noqa: E402
 from training.selfsup import cosine_schedule  # noqa: E402
 
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     accelerator = Accelerator()
+    set_cpu_threads(accelerator)
     facts = learn_scalers(template, args.depth, args.width, data.images, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, accelerator=accelerator, progress=accelerator.is_local_main_process)
     facts["data"] = f"{args.data} train, {len(data)} images, no labels"

@@ -37,7 +37,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.config import ConfigError, load_config  # noqa: E402
+from training.config import ConfigError, load_config, set_cpu_threads  # noqa: E402
 from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors  # noqa: E402
 from training.selfsup import EMATeacher, cosine_schedule  # noqa: E402
 
@@ -208,8 +208,7 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         accel_kwargs.update(log_with="tensorboard", project_dir=str(output_dir / "logs"))
     accelerator = Accelerator(**accel_kwargs)
     set_seed(cfg["seed"])
-    if accelerator.device.type == "cpu":
-        torch.set_num_threads(cfg["num_threads"] or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    set_cpu_threads(accelerator, cfg["num_threads"])
 
     tcfg = cfg["template"]
     data = load_image_tensors(cfg["data"], "train", tcfg["img_size"], tcfg["in_chans"])
