@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import timm
 import torch
@@ -57,5 +59,8 @@ def test_bad_input_is_one_line_and_exit_2(template_dir, capsys):
 def test_console_script_is_installed(template_dir):
     result = subprocess.run([sys.executable, "-m", "sweet_hub.cli", "info", str(template_dir)], capture_output=True, text=True)
     assert result.returncode == 0 and "d2_w32" in result.stdout
-    result = subprocess.run(["sweet-hub", "--version"], capture_output=True, text=True)
+    # The console script sits next to the interpreter (venv bin/), which need not be on PATH.
+    script = shutil.which("sweet-hub", path=str(Path(sys.executable).parent)) or shutil.which("sweet-hub")
+    assert script, f"console script 'sweet-hub' not installed next to {sys.executable}"
+    result = subprocess.run([script, "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "sweet-hub" in result.stdout
