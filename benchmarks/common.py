@@ -55,7 +55,7 @@ def finish(fig, ax, path: Path, legend_loc: str = "best", grid_axis: str = "both
 
 
 def grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], hline: tuple[str, float] | None = None,
-                 **labels: str) -> None:
+                 legend_loc: str | None = None, **labels: str) -> None:
     """One bar per series in each group (e.g. load times per size); ``hline`` = (label, value) reference.
     With a reference line the y axis starts a little below the lowest bar, so differences stay visible."""
     plt = pyplot()
@@ -66,5 +66,5 @@ def grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], 
     ax.set_xticks(range(len(groups)), groups)
     if hline is not None:
         ax.axhline(hline[1], color="gray", ls=":", label=hline[0])
-        ax.set_ylim(max(0.0, min(min(v) for v in series.values()) - 5), None)
-    finish(fig, ax, path, legend_loc="lower left" if hline else "best", grid_axis="y", **labels)
+        ax.set_ylim(max(0.0, min(x for v in series.values() for x in v if x == x) - 5), None)  # x == x skips NaN (n/a)
+    finish(fig, ax, path, legend_loc=legend_loc or ("lower left" if hline else "best"), grid_axis="y", **labels)

@@ -70,6 +70,39 @@ def pretrain(name: str, overrides: list[str], run_dir: Path, force: bool) -> dic
     return json.loads(summary.read_text())
 
 
+def pretrain_overrides(plan: dict[str, Any], **changes: Any) -> list[str]:
+    """pretrain.py overrides shared by every method of a plan (``changes`` replace pretrain keys)."""
+    t = plan["template"]
+    return ([f"{k}={json.dumps(v)}" for k, v in {**plan["pretrain"], **changes}.items()]
+            + [f"template.ranks={t['ranks']}", f"template.vector_rank={t['vector_rank']}", f"template.head_dim={t['head_dim']}",
+               f"template.anchors={t['anchors']}"])
+
+
+def evaluate_init(model, protocol, transfer, cfg, eval_plan: dict[str, Any]) -> dict[str, Any]:
+    """Every metric of one initialized model: frozen k-NN / probe, transfer k-NN / probe, few-label fine-tuning."""
+    from training.evaluate import evaluate_model
+
+    row: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
+    feats = evaluate_model(model, protocol, cfg.mean, cfg.std, knn=True, probe=True)
+    row.update(knn=round(feats["knn"], 2), linear_probe=round(feats["linear_probe"], 2))
+    tr = evaluate_model(model, transfer, cfg.mean, cfg.std, knn=True, probe=True)
+    row.update(transfer_knn=round(tr["knn"], 2), transfer_linear_probe=round(tr["linear_probe"], 2))
+    scores = [evaluate_model(copy.deepcopy(model), protocol, cfg.mean, cfg.std, knn=False, finetune_steps=eval_plan["finetune_steps"],
+                             seed=seed)["finetune"] for seed in eval_plan["seeds"]]
+    row.update(finetune_mean=round(statistics.mean(scores), 2),
+               finetune_std=round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0, finetune_seeds=len(scores))
+    return row
+
+
+def eval_protocols(cfg, eval_plan: dict[str, Any]):
+    """The Fashion-MNIST protocol and the scikit-learn digits transfer protocol of a plan."""
+    from training.evaluate import EvalProtocol
+
+    protocol = EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, eval_plan["train_size"], eval_plan["test_size"],
+                            eval_plan["finetune_labels"])
+    return protocol, EvalProtocol("sklearn_digits", cfg.img_size, cfg.in_chans, 1000, 797, 1)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="toy scale, a few minutes (smoke test)")
@@ -83,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from sweet_hub import SweetTemplate
     from sweet_hub.config import TemplateConfig
-    from training.evaluate import EvalProtocol, evaluate_model, raw_pixel_knn
+    from training.evaluate import raw_pixel_knn
     from training.learn_scalers import learn_scalers
     from training.poa import extract_vit
     from training.report import random_vit
@@ -94,10 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
 
     # 1. pre-training: same data, loss and images seen for every method --------------------------
-    t = plan["template"]
-    common = [f"{k}={json.dumps(v)}" for k, v in plan["pretrain"].items()]
-    common += [f"template.ranks={t['ranks']}", f"template.vector_rank={t['vector_rank']}", f"template.head_dim={t['head_dim']}",
-               f"template.anchors={t['anchors']}"]
+    common = pretrain_overrides(plan)
     runs = {
         "sweet": ["method=sweet", *common],
         "sweet_no_wss": ["method=sweet", "width_scaling_p=0.0", *common],
@@ -142,8 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 3. evaluation -------------------------------------------------------------------------------------
     e = plan["eval"]
-    protocol = EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, e["train_size"], e["test_size"], e["finetune_labels"])
-    transfer = EvalProtocol("sklearn_digits", cfg.img_size, cfg.in_chans, 1000, 797, 1)
+    protocol, transfer = eval_protocols(cfg, e)
     reference = {"raw_pixels_knn": round(raw_pixel_knn(protocol), 2), "transfer_raw_pixels_knn": round(raw_pixel_knn(transfer), 2)}
     sizes = [tuple(a) for a in cfg.anchors] + [tuple(s) for s in plan["unseen"]]
     rows = []
@@ -155,17 +184,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if model is None:
                 rows.append({**row, "available": False})
                 continue
-            row.update(available=True, params=sum(p.numel() for p in model.parameters()))
+            row["available"] = True
             if init == "sweet":
                 row["scalers"] = sweet.scaler_source(d, w)
-            feats = evaluate_model(model, protocol, cfg.mean, cfg.std, knn=True, probe=True)
-            row.update(knn=round(feats["knn"], 2), linear_probe=round(feats["linear_probe"], 2))
-            tr = evaluate_model(model, transfer, cfg.mean, cfg.std, knn=True, probe=True)
-            row.update(transfer_knn=round(tr["knn"], 2), transfer_linear_probe=round(tr["linear_probe"], 2))
-            scores = [evaluate_model(copy.deepcopy(model), protocol, cfg.mean, cfg.std, knn=False, finetune_steps=e["finetune_steps"],
-                                     seed=seed)["finetune"] for seed in e["seeds"]]
-            row.update(finetune_mean=round(statistics.mean(scores), 2),
-                       finetune_std=round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0, finetune_seeds=len(scores))
+            row.update(evaluate_init(model, protocol, transfer, cfg, e))
             rows.append(row)
             print(f"[eval] {row['size']:>7} {init:<17} k-NN {row['knn']:5.1f}  probe {row['linear_probe']:5.1f}  "
                   f"fine-tune {row['finetune_mean']:5.1f}±{row['finetune_std']:.1f}  digits k-NN {row['transfer_knn']:5.1f}", flush=True)

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--template", default=None, help="template folder or Hub id (default: the bundled template)")
     parser.add_argument("--sizes", nargs="+", default=["6x192", "10x512", "12x768"], help="DEPTHxWIDTH")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--out", default=str(RESULTS / "load_time.json"))
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
@@ -70,10 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
                 return timm.create_model("sweet_vit", depth=depth, width=width, pretrained=True, pretrained_cfg_overlay=overlay)
 
             first_s, model = timed(load, 1)
-            cached_s, _ = timed(load, args.repeats)
             export_dir = Path(tmp) / f"plain_{depth}x{width}"
             sweet_hub.export_timm(model, export_dir)
-            plain_s, _ = timed(lambda: timm.create_model(f"local-dir:{export_dir}", pretrained=True), args.repeats)
+            del model
+            cached, plain = [], []
+            for _ in range(args.repeats):  # interleaved, so both see the same machine state
+                cached.append(timed(load, 1)[0])
+                plain.append(timed(lambda: timm.create_model(f"local-dir:{export_dir}", pretrained=True), 1)[0])
+            cached_s, plain_s = statistics.median(cached), statistics.median(plain)
+            model = load()
             build_s, _ = timed(lambda: template.state_dict_for(depth, width), args.repeats)
             flops = materialize_flops(template.config, depth, width)
             row = dict(

@@ -33,6 +33,17 @@ def test_init_quality_quick_harness(tmp_path):
             assert all(0 <= r[k] <= 100 for k in ("knn", "linear_probe", "finetune_mean", "transfer_knn"))
     assert (tmp_path / "iq.png").stat().st_size > 0
 
+    import equal_compute
+
+    equal = equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--quality", str(tmp_path / "iq.json"),
+                                "--out", str(tmp_path / "eq.json")])
+    pre = result["pretraining"]
+    expected_steps = round(pre["sweet"]["steps"] * pre["poa"]["train_seconds"] / pre["sweet"]["train_seconds"])
+    assert equal["pretraining"]["sweet_equal_time"]["steps"] == expected_steps
+    assert [r["size"] for r in equal["rows"]] == ["2x32", "3x48", "2x16", "4x64"]
+    assert "poa_equal_images" not in equal["rows"][-1]  # 4x64 is wider than POA's full network
+    assert all(0 <= r["knn"] <= 100 for r in equal["rows"]) and (tmp_path / "eq.png").stat().st_size > 0
+
 
 def test_demo_small(tmp_path):
     import demo
