@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import RESULTS, command, grouped_bars, save_result
 
 

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> str:
     text = readme.read_text()
     if START not in text or END not in text:
         raise SystemExit(f"README.md has no {START} ... {END} markers")
-    new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: f"{START}\n{section}{END}", text, flags=re.S)
+    new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: f"{START}\n{section}{END}", text, flags=re.DOTALL)
     tmp = readme.with_suffix(".md.tmp")
     tmp.write_text(new)
     tmp.replace(readme)

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from common import RESULTS, command, finish, pyplot, save_result
+
 DEFAULT_SIZES = ["4x64", "6x128", "8x192", "6x96", "8x256", "10x256", "12x384", "10x512"]
 
 

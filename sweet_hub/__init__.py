@@ -19,19 +19,19 @@ from .timm_models import BUNDLED_TEMPLATE, create_sweet_vit
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__",
     "BUNDLED_TEMPLATE",
     "FORMAT_VERSION",
+    "NotASweetTemplateError",
+    "SizeError",
+    "SweetHubError",
     "SweetTemplate",
     "TemplateConfig",
+    "TemplateConfigError",
+    "TemplateFileError",
+    "TemplateNotAvailableError",
+    "__version__",
     "create_sweet_vit",
     "derive_scalers",
     "export_timm",
     "materialize_state_dict",
-    "NotASweetTemplateError",
-    "SizeError",
-    "SweetHubError",
-    "TemplateConfigError",
-    "TemplateFileError",
-    "TemplateNotAvailableError",
 ]

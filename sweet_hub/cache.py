@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from huggingface_hub import constants
@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from .config import FORMAT_VERSION
 from .hub import TemplateFiles, save_safetensors
 
-__all__ = ["cache_root", "cache_enabled", "cache_key", "materialized_checkpoint", "clear_cache", "cache_size"]
+__all__ = ["cache_enabled", "cache_key", "cache_root", "cache_size", "clear_cache", "materialized_checkpoint"]
 
 #: bump when materialize_state_dict changes its output for the same files
 MATERIALIZE_VERSION = 1

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import SizeError, TemplateConfigError
 
 __all__ = [
-    "vit_args",
-    "timm_pretrained_cfg",
     "FORMAT_VERSION",
     "MAX_DEPTH",
     "MAX_WIDTH",
     "TemplateConfig",
-    "size_key",
     "parse_size_key",
+    "size_key",
+    "timm_pretrained_cfg",
+    "vit_args",
 ]
 
 #: Version of the on-disk artefact (config.json + safetensors layout). Bump on any change
@@ -190,7 +191,7 @@ class TemplateConfig:
         return [f for f in cls.__dataclass_fields__ if f != "extra"]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "TemplateConfig":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> TemplateConfig:
         """Build from a config.json mapping; unknown keys are kept in ``extra``, missing ones are errors."""
         if not isinstance(data, Mapping):
             raise TemplateConfigError(f"{source}: expected a JSON object, got {type(data).__name__}.")

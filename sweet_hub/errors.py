@@ -9,11 +9,11 @@ against timm or huggingface_hub keeps working.
 from __future__ import annotations
 
 __all__ = [
-    "SweetHubError",
+    "NotASweetTemplateError",
     "SizeError",
+    "SweetHubError",
     "TemplateConfigError",
     "TemplateFileError",
-    "NotASweetTemplateError",
     "TemplateNotAvailableError",
 ]
 

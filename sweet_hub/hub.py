@@ -19,9 +19,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import ModelCard, ModelCardData, constants, hf_hub_download
@@ -45,19 +46,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFIG_NAME",
-    "TEMPLATE_NAME",
     "SCALERS_DIR",
+    "TEMPLATE_NAME",
     "TemplateFiles",
-    "scaler_filename",
-    "atomic_write",
-    "save_safetensors",
-    "read_safetensors",
-    "template_config_dict",
-    "save_template",
     "add_scaler_file",
-    "resolve_template_files",
+    "atomic_write",
     "load_template",
+    "read_safetensors",
     "render_model_card",
+    "resolve_template_files",
+    "save_safetensors",
+    "save_template",
+    "scaler_filename",
+    "template_config_dict",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ def _check_format(path: Path, metadata: Mapping[str, str], fmt: str) -> None:
 # writing a template folder
 
 
-def template_config_dict(template: "SweetTemplate") -> dict[str, Any]:
+def template_config_dict(template: SweetTemplate) -> dict[str, Any]:
     """The full config.json of a template: template fields, scaler registry, timm fields."""
     cfg = template.config
     scalers = {key: {k: v for k, v in info.items() if _jsonable(v)} for key, info in template.scaler_info.items()}
@@ -196,12 +197,12 @@ def _jsonable(value: Any) -> bool:
         return False
 
 
-def _scaler_metadata(template: "SweetTemplate", key: str) -> dict[str, Any]:
+def _scaler_metadata(template: SweetTemplate, key: str) -> dict[str, Any]:
     info = template.scaler_info[key]
     return {"format": _FORMAT_SCALERS, "format_version": str(FORMAT_VERSION), **{k: v for k, v in info.items() if _jsonable(v)}}
 
 
-def save_template(template: "SweetTemplate", directory: str | Path) -> None:
+def save_template(template: SweetTemplate, directory: str | Path) -> None:
     """Write the whole repo folder.
 
     Every file is first written into a staging folder inside ``directory``; only when all of them
@@ -231,7 +232,7 @@ def save_template(template: "SweetTemplate", directory: str | Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def add_scaler_file(template: "SweetTemplate", directory: str | Path, depth: int, width: int) -> Path:
+def add_scaler_file(template: SweetTemplate, directory: str | Path, depth: int, width: int) -> Path:
     """Add the stored scalers of one size to an existing template folder without touching the
     template file (used after learning scalers): writes the scaler file, then config.json and
     the model card."""
@@ -396,7 +397,7 @@ def _scaler_keys_needed(config: Mapping[str, Any], cfg: TemplateConfig, sizes: l
 
 
 def load_template(
-    cls: type["SweetTemplate"],
+    cls: type[SweetTemplate],
     name_or_path: str,
     *,
     revision: str | None = None,
@@ -406,7 +407,7 @@ def load_template(
     local_files_only: bool = False,
     map_location: str | torch.device = "cpu",
     files: TemplateFiles | None = None,
-) -> "SweetTemplate":
+) -> SweetTemplate:
     """Build a :class:`SweetTemplate` from its files, validating every tensor."""
     from .template import core_shapes, scaler_shapes
 
@@ -447,7 +448,7 @@ def _card_template() -> str:
         return (Path(__file__).resolve().parent.parent / "model_cards" / "sweet_template.md").read_text(encoding="utf-8")
 
 
-def render_model_card(template: "SweetTemplate", **kwargs: Any) -> ModelCard:
+def render_model_card(template: SweetTemplate, **kwargs: Any) -> ModelCard:
     """Model card of a template: usage, sizes, provenance of each scaler set, and whatever the
     training run recorded in ``template.card_info`` (command, data, metrics)."""
     cfg = template.config

@@ -30,8 +30,9 @@ scaling uses the same resampling, so derived sizes are sizes the template was tr
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,13 +47,13 @@ __all__ = [
     "VECTORS_PER_LAYER",
     "SweetTemplate",
     "core_shapes",
-    "scaler_shapes",
+    "derive_scalers",
     "init_cores",
     "init_scalers",
-    "materialize_state_dict",
-    "derive_scalers",
-    "resample_rows",
     "materialize_flops",
+    "materialize_state_dict",
+    "resample_rows",
+    "scaler_shapes",
 ]
 
 #: q, k, v, o, fc1 rows 0-3, fc2 columns 0-3
@@ -483,7 +484,7 @@ class SweetTemplate(
         local_files_only: bool = False,
         revision: str | None = None,
         map_location: str | torch.device = "cpu",
-    ) -> "SweetTemplate":
+    ) -> SweetTemplate:
         """Load a template from a local folder or a Hub repo id (``org/name``).
 
         Same arguments as every ``from_pretrained`` of the HF ecosystem. Unlike the generic

@@ -29,7 +29,7 @@ from .config import TemplateConfig, timm_pretrained_cfg, vit_args
 from .errors import NotASweetTemplateError, SizeError, TemplateNotAvailableError
 from .hub import load_template, parse_template_config, resolve_template_files
 
-__all__ = ["BUNDLED_TEMPLATE", "sweet_vit", "sweet_vit_tiny", "sweet_vit_small", "sweet_vit_base", "create_sweet_vit"]
+__all__ = ["BUNDLED_TEMPLATE", "create_sweet_vit", "sweet_vit", "sweet_vit_base", "sweet_vit_small", "sweet_vit_tiny"]
 
 _logger = logging.getLogger(__name__)
 

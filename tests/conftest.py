@@ -16,7 +16,7 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="sweet-hub-tests-"))
 sys.path.insert(0, str(_ROOT))
 sys.path.insert(0, str(_ROOT / "tests"))
 
-from hub_server import OlahServer, UploadServer, free_port  # noqa: E402
+from hub_server import OlahServer, UploadServer, free_port
 
 _OLAH_PORT = free_port()
 os.environ.setdefault("HF_DATASETS_CACHE", str(Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "datasets"))
@@ -27,10 +27,10 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("HF_TOKEN", None)
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-import sweet_hub  # noqa: E402,F401
+import sweet_hub
 
 TINY = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, head_dim=16, ranks=(8, 16, 16), vector_rank=4,
             anchors=[(2, 32), (4, 64)])

@@ -20,12 +20,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import urllib.request
-
-__all__ = ["free_port", "git_commit_folder", "OlahServer", "UploadServer"]
+__all__ = ["OlahServer", "UploadServer", "free_port", "git_commit_folder"]
 
 _GIT = ["git", "-c", "user.email=tests@sweet-hub", "-c", "user.name=sweet-hub tests", "-c", "init.defaultBranch=main"]
 
@@ -68,7 +67,7 @@ class OlahServer:
         shutil.copytree(folder, target, dirs_exist_ok=True)
         return git_commit_folder(target, message)
 
-    def start(self) -> "OlahServer":
+    def start(self) -> OlahServer:
         self.mirrors.mkdir(parents=True, exist_ok=True)
         config = self.root / "olah.toml"
         config.write_text(
@@ -106,7 +105,7 @@ class OlahServer:
 
 
 class _UploadHandler(BaseHTTPRequestHandler):
-    server: "UploadServer"
+    server: UploadServer
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
@@ -119,7 +118,7 @@ class _UploadHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.server.token and self.headers.get("Authorization") != f"Bearer {self.server.token}":
             return self._json(401, {"error": "Invalid credentials in Authorization header"})
@@ -171,7 +170,7 @@ class UploadServer(ThreadingHTTPServer):
         self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
-    def start(self) -> "UploadServer":
+    def start(self) -> UploadServer:
         self._thread.start()
         return self
 

@@ -193,7 +193,7 @@ def test_interrupted_write_keeps_the_old_file(tmp_path):
 
 def test_interrupted_save_pretrained_keeps_previous_template(template_dir, monkeypatch):
     before = _snapshot(template_dir)
-    import sweet_hub.hub as hub
+    from sweet_hub import hub
 
     def boom(*args, **kwargs):
         raise OSError("disk full")

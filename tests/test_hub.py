@@ -133,9 +133,8 @@ def test_cli_push_validates_then_uploads(hub, template_dir, tmp_path, hf_cache, 
 def test_hub_dataset_id_loads_online_then_offline(hub, tmp_path):
     """training/data.py reads any Hub dataset through `datasets`, from the HF cache when offline."""
     import datasets
-    from PIL import Image
-
     from hub_server import git_commit_folder
+    from PIL import Image
 
     repo = hub.olah.mirrors / "datasets" / "org" / "tiny-images"
     (repo / "data").mkdir(parents=True)
@@ -157,9 +156,8 @@ def test_hub_dataset_id_loads_online_then_offline(hub, tmp_path):
 
 
 def test_push_uses_the_token(hub, tiny_template, monkeypatch):
-    from huggingface_hub.errors import HfHubHTTPError
-
     from hub_server import UploadServer
+    from huggingface_hub.errors import HfHubHTTPError
 
     private = UploadServer(hub.olah, token="hf_secret").start()
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
 RUNNABLE = [b for b in BLOCKS if "org/" not in b and "out/" not in b and "local-dir:" not in b]
 
 

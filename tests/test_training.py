@@ -125,7 +125,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
 
 
 def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch):
-    import training.data as data
+    from training import data
 
     monkeypatch.setattr(data, "FMNIST_DIR", tmp_path / "nothing")
     with pytest.raises(data.DataError, match="apt-get install -y dataset-fashion-mnist"):

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "DEFAULTS", "load_config", "set_cpu_threads"]
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "set_cpu_threads"]
 
 
 class ConfigError(ValueError):

@@ -25,16 +25,16 @@ from safetensors.torch import load_file, save_file
 from torchvision.transforms import v2
 
 __all__ = [
-    "DataError",
     "FMNIST_DIR",
     "FMNIST_LABELS",
-    "fashion_mnist",
-    "load_image_dataset",
+    "DataError",
     "ImageTensors",
-    "load_image_tensors",
-    "normalize",
     "MultiCropAugment",
     "StepBatches",
+    "fashion_mnist",
+    "load_image_dataset",
+    "load_image_tensors",
+    "normalize",
 ]
 
 FMNIST_DIR = Path(os.environ.get("SWEET_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -93,7 +93,7 @@ def _digits_rows(split: str):
 
     digits = load_digits()
     images = (digits.images * (255.0 / 16.0)).astype(np.uint8)
-    index = range(0, 1000) if split == "train" else range(1000, len(images))
+    index = range(1000) if split == "train" else range(1000, len(images))
     for i in index:
         yield {"image": Image.fromarray(images[i], mode="L"), "label": int(digits.target[i])}
 
@@ -144,7 +144,7 @@ class ImageTensors:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def subset(self, count: int | None, seed: int = 0) -> "ImageTensors":
+    def subset(self, count: int | None, seed: int = 0) -> ImageTensors:
         """A class-agnostic random subset of ``count`` images (all if None or larger)."""
         if count is None or count >= len(self):
             return self

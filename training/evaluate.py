@@ -22,10 +22,10 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.data import ImageTensors, load_image_tensors, normalize  # noqa: E402
-from training.selfsup import cosine_schedule, pooled_features  # noqa: E402
+from training.data import ImageTensors, load_image_tensors, normalize
+from training.selfsup import cosine_schedule, pooled_features
 
-__all__ = ["extract_features", "knn_accuracy", "linear_probe", "finetune", "EvalProtocol", "evaluate_model", "raw_pixel_knn"]
+__all__ = ["EvalProtocol", "evaluate_model", "extract_features", "finetune", "knn_accuracy", "linear_probe", "raw_pixel_knn"]
 
 
 @torch.no_grad()
@@ -131,7 +131,7 @@ def evaluate_model(model: nn.Module, protocol: EvalProtocol, mean, std, knn: boo
 
 def raw_pixel_knn(protocol: EvalProtocol) -> float:
     """k-NN on raw pixels: the bar a useful initialization must clear."""
-    flat = lambda t: t.images.flatten(1).float() / 255.0  # noqa: E731
+    flat = lambda t: t.images.flatten(1).float() / 255.0
     return knn_accuracy(flat(protocol.train), protocol.train.labels, flat(protocol.test), protocol.test.labels)
 
 

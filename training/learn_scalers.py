@@ -28,12 +28,12 @@ from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweet_hub import SweetHubError, SweetTemplate, materialize_state_dict  # noqa: E402
-from sweet_hub.config import vit_args  # noqa: E402
-from sweet_hub.hub import add_scaler_file  # noqa: E402
-from training.config import set_cpu_threads  # noqa: E402
-from training.data import DataError, MultiCropAugment, load_image_tensors, normalize  # noqa: E402
-from training.selfsup import cosine_schedule  # noqa: E402
+from sweet_hub import SweetHubError, SweetTemplate, materialize_state_dict
+from sweet_hub.config import vit_args
+from sweet_hub.hub import add_scaler_file
+from training.config import set_cpu_threads
+from training.data import DataError, MultiCropAugment, load_image_tensors, normalize
+from training.selfsup import cosine_schedule
 
 __all__ = ["ScalerStudent", "learn_scalers", "main"]
 

@@ -26,10 +26,9 @@ from torch import Tensor, nn
 
 from sweet_hub import SweetTemplate, derive_scalers, export_timm, materialize_state_dict
 from sweet_hub.config import vit_args
-
 from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_features
 
-__all__ = ["SizeChoice", "SweetMethod", "SingleMethod", "student_loss"]
+__all__ = ["SingleMethod", "SizeChoice", "SweetMethod", "student_loss"]
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from sweet_hub import export_timm
 from training.methods import SizeChoice, _split_embed
 from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_features
 
-__all__ = ["slice_state_dict", "extract_vit", "POAMethod"]
+__all__ = ["POAMethod", "extract_vit", "slice_state_dict"]
 
 
 def _layer_index(src_depth: int, depth: int) -> list[int]:

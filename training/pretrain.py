@@ -37,9 +37,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.config import ConfigError, load_config, set_cpu_threads  # noqa: E402
-from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors  # noqa: E402
-from training.selfsup import EMATeacher, cosine_schedule  # noqa: E402
+from training.config import ConfigError, load_config, set_cpu_threads
+from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors
+from training.selfsup import EMATeacher, cosine_schedule
 
 
 class TrainState:
@@ -78,7 +78,6 @@ def build_method(cfg: dict[str, Any]) -> torch.nn.Module:
     head = dict(proj_hidden=cfg["proj_hidden"], proj_dim=cfg["proj_dim"])
     if method == "sweet":
         from sweet_hub import SweetTemplate
-
         from training.methods import SweetMethod
 
         template = SweetTemplate(**cfg["template"])

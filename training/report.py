@@ -10,7 +10,7 @@ import torch
 from sweet_hub.config import TemplateConfig, vit_args
 from training.evaluate import EvalProtocol, evaluate_model, raw_pixel_knn
 
-__all__ = ["random_vit", "evaluate_sizes", "metrics_markdown"]
+__all__ = ["evaluate_sizes", "metrics_markdown", "random_vit"]
 
 
 def random_vit(tcfg: TemplateConfig, depth: int, width: int, seed: int = 0) -> torch.nn.Module:

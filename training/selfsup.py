@@ -21,7 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["ProjectionHead", "contrastive_loss", "EMATeacher", "FunctionalViT", "pooled_features", "cosine_schedule"]
+__all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "contrastive_loss", "cosine_schedule", "pooled_features"]
 
 
 class ProjectionHead(nn.Module):
