@@ -71,15 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
               "configured": {"depth_rescale": cfg.depth_rescale, "width_rescale": cfg.width_rescale},
               "protocol": protocol.description, "raw_pixels_knn": round(raw_pixel_knn(protocol), 2),
               "learned": {"images": args.images, "steps": args.steps}, "variants": list(variants) + ["learned", "random"], "sizes": rows}
-    for name in result["variants"]:
-        result.setdefault("mean", {})[name] = round(sum(r[name] for r in rows) / len(rows), 2)
-    print(json_lines(result["mean"]))
+    result["mean"] = {name: round(sum(r[name] for r in rows) / len(rows), 2) for name in result["variants"]}
+    print("\n".join(f"  mean k-NN {v:6.2f}  {k}" for k, v in result["mean"].items()))
     save_result(result, args.out, plot)
     return result
-
-
-def json_lines(means: dict) -> str:
-    return "\n".join(f"  mean k-NN {v:6.2f}  {k}" for k, v in means.items())
 
 
 def plot(result: dict, path) -> None:
@@ -87,6 +82,7 @@ def plot(result: dict, path) -> None:
     grouped_bars(path, [r["size"] for r in rows], {name: [r[name] for r in rows] for name in result["variants"]},
                  hline=("raw pixels", result["raw_pixels_knn"]), xlabel="unseen size (depth x width)", ylabel="k-NN (%)",
                  title="Scalers for unseen sizes: derivation rules vs learned")
+
 
 if __name__ == "__main__":
     main()

@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, command, grouped_bars, save_result
-from init_quality import PLANS, eval_protocols, evaluate_init, pretrain, pretrain_overrides
-
-METRICS = ("knn", "linear_probe", "finetune_mean", "transfer_knn")
+from init_quality import METRICS, PLANS, eval_protocols, evaluate_init, pretrain, pretrain_overrides
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -53,6 +53,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "eval": {"train_size": 300, "test_size": 200, "finetune_labels": 100, "finetune_steps": 3, "seeds": [0]},
     },
 }
+METRICS = ("knn", "linear_probe", "finetune_mean", "transfer_knn")  # the headline metrics of evaluate_init
 INITS = ["sweet", "sweet_learned", "sweet_no_wss", "poa", "weight_selection", "per_size", "random"]
 
 

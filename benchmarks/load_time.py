@@ -71,13 +71,12 @@ def main(argv: list[str] | None = None) -> dict:
             first_s, model = timed(load, 1)
             export_dir = Path(tmp) / f"plain_{depth}x{width}"
             sweet_hub.export_timm(model, export_dir)
-            del model
             cached, plain = [], []
             for _ in range(args.repeats):  # interleaved, so both see the same machine state
-                cached.append(timed(load, 1)[0])
+                seconds, model = timed(load, 1)
+                cached.append(seconds)
                 plain.append(timed(lambda: timm.create_model(f"local-dir:{export_dir}", pretrained=True), 1)[0])
             cached_s, plain_s = statistics.median(cached), statistics.median(plain)
-            model = load()
             build_s, _ = timed(lambda: template.state_dict_for(depth, width), args.repeats)
             flops = materialize_flops(template.config, depth, width)
             row = dict(

@@ -24,6 +24,16 @@ INIT_NAMES = {
 }
 
 
+def md_row(*cells: object) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def md_header(*columns: str) -> list[str]:
+    """A markdown table's header row and its separator."""
+    return [md_row(*columns), md_row(*["---"] * len(columns))]
+
+
 def _load(name: str) -> dict[str, Any] | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -37,8 +47,7 @@ def demo_section(r: dict[str, Any]) -> list[str]:
         f"k-NN accuracy (cosine, k=20) of frozen features on Fashion-MNIST ({p['train']} train / {p['test']} test images); "
         f"raw pixels: **{r['raw_pixels_knn']:.1f}%**. `{r['command']}`",
         "",
-        "| size | params | scalers | materialize | k-NN template | k-NN random init |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *md_header("size", "params", "scalers", "materialize", "k-NN template", "k-NN random init"),
     ]
     for s in r["sizes"]:
         lines.append(f"| {s['depth']} x {s['width']} | {s['params'] / 1e6:.2f}M | {s['scalers']} | {s['materialize_ms']:.0f} ms | "
@@ -60,13 +69,12 @@ def derived_section(r: dict[str, Any]) -> list[str]:
         f"k-NN at sizes without stored scalers, on the bundled template, for the four derivation rules of `derive_scalers` "
         f"and for scalers learned from {r['learned']['images']} unlabeled images in {r['learned']['steps']} steps. `{r['command']}`",
         "",
-        "| size | " + " | ".join(short[n] for n in names) + " |",
-        "| --- |" + " --- |" * len(names),
+        *md_header("size", *(short[n] for n in names)),
     ]
     for row in r["sizes"]:
         top = max(row[n] for n in names)
-        lines.append(f"| {row['size']} | " + " | ".join(f"**{row[n]:.1f}**" if row[n] == top else f"{row[n]:.1f}" for n in names) + " |")
-    lines.append("| mean | " + " | ".join(f"{r['mean'][n]:.1f}" for n in names) + " |")
+        lines.append(md_row(row["size"], *(f"**{row[n]:.1f}**" if row[n] == top else f"{row[n]:.1f}" for n in names)))
+    lines.append(md_row("mean", *(f"{r['mean'][n]:.1f}" for n in names)))
     return lines + ["", "![derived scalers](benchmarks/results/derived_scalers.png)", ""]
 
 
@@ -83,8 +91,7 @@ def init_quality_section(r: dict[str, Any]) -> list[str]:
         f"Raw-pixel k-NN: {r['reference']['raw_pixels_knn']:.1f}% (digits: {r['reference']['transfer_raw_pixels_knn']:.1f}%). "
         f"`{r['command']}` ({r['wall_minutes']:.0f} min).",
         "",
-        "| size | init | k-NN | linear probe | fine-tune 1% | digits k-NN |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *md_header("size", "init", *METRICS.values()),
     ]
     best = {}
     for row in r["rows"]:
@@ -115,11 +122,11 @@ METRICS = {"knn": "k-NN", "linear_probe": "linear probe", "finetune_mean": "fine
 
 
 def init_quality_summary(rows: list[dict[str, Any]]) -> list[str]:
-    """Mean of each init over the sizes it can produce, and SWEET vs POA head to head."""
+    """Mean of each init over the sizes it can produce, and SWEET head to head against every other init."""
     available = [row for row in rows if row["available"]]
     inits = list(dict.fromkeys(row["init"] for row in rows))
     lines = ["Mean over the sizes each initialization can produce:", "",
-             "| init | sizes | " + " | ".join(METRICS.values()) + " |", "| --- | --- |" + " --- |" * len(METRICS)]
+             *md_header("init", "sizes", *METRICS.values())]
     for init in inits:
         mine = [row for row in available if row["init"] == init]
         if mine:
@@ -127,7 +134,7 @@ def init_quality_summary(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {INIT_NAMES.get(init, init)} | {len(mine)} | {means} |")
     by_key = {(row["size"], row["init"]): row for row in available}
     lines += ["", "SWEET (stored or derived scalers) head to head, sizes where SWEET scores higher:", "",
-              "| against | " + " | ".join(METRICS.values()) + " |", "| --- |" + " --- |" * len(METRICS)]
+              *md_header("against", *METRICS.values())]
     for rival in inits:
         shared = [size for size, init in by_key if init == rival and rival != "sweet" and (size, "sweet") in by_key]
         if shared:
@@ -151,8 +158,7 @@ def equal_compute_section(r: dict[str, Any]) -> list[str]:
         f"same protocol. "
         f"`{r['command']}`",
         "",
-        "| size | metric | POA (equal images) | SWEET (equal images) | SWEET (equal time) |",
-        "| --- | --- | --- | --- | --- |",
+        *md_header("size", "metric", "POA (equal images)", "SWEET (equal images)", "SWEET (equal time)"),
     ]
     for row in r["rows"]:
         for key in ("knn", "finetune_mean"):
@@ -169,8 +175,7 @@ def load_time_section(r: dict[str, Any]) -> list[str]:
         f"`timm.create_model(..., pretrained=True)`, median of {r['repeats']}; matmul throughput measured at "
         f"{r['matmul_gflops']:.0f} GFLOP/s ({r['torch_threads']} threads). `{r['command']}`",
         "",
-        "| size | params | first load (materialize) | cached load | plain timm checkpoint | materialize only | GFLOP |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        *md_header("size", "params", "first load (materialize)", "cached load", "plain timm checkpoint", "materialize only", "GFLOP"),
     ]
     for s in r["sizes"]:
         lines.append(f"| {s['size']} | {s['params'] / 1e6:.1f}M | {s['first_load_s'] * 1000:.0f} ms | {s['cached_load_s'] * 1000:.0f} ms | "
@@ -184,8 +189,7 @@ def overhead_section(r: dict[str, Any]) -> list[str]:
         "",
         f"Pre-training step time, same ViT, same loss and optimizer ({r['steps'][0]['images_per_step']} images/step). `{r['command']}`",
         "",
-        "| size | SWEET step | plain timm step | overhead |",
-        "| --- | --- | --- | --- |",
+        *md_header("size", "SWEET step", "plain timm step", "overhead"),
     ]
     for s in r["steps"]:
         lines.append(f"| {s['size']} | {s['sweet_step_s'] * 1000:.0f} ms | {s['plain_timm_step_s'] * 1000:.0f} ms | {s['overhead'] * 100:+.1f}% |")
