@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
             "intact_weight": 0.8, "elastic_weight": 0.2, "distill_weight": 1.0},
     # optimization
     "max_steps": 3000,
+    "time_budget_minutes": None,       # stop after this much training time; the schedules follow elapsed time
     "batch_size": 256,                 # images per optimizer step, over all processes
     "grad_accum": 1,
     "lr": 1.0e-3,
@@ -63,13 +64,18 @@ DEFAULTS: dict[str, Any] = {
     "local_scale": [0.1, 0.35],
     "jitter": 0.4,
     "width_scaling_p": 0.5,            # width-wise stochastic scaling
+    "width_scaling_max": None,         # largest stochastic width (None: the largest anchor width)
+    "anchor_weights": None,            # sampling weight per anchor (None: uniform)
     "depth_scaling_p": 0.0,
     # bookkeeping
     "save_every": 250,
     "save_total_limit": 2,
     "log_every": 10,
     "log_with": "none",                # none | tensorboard (the CSV log is always written)
-    "final_eval": {"sizes": [], "train_size": 5000, "test_size": 2000, "random_init": True, "raw_pixels": True},
+    # holdout: query images come from the train split (disjoint from the k-NN memory), for choosing a recipe
+    # without looking at the test images
+    "final_eval": {"sizes": [], "train_size": 5000, "test_size": 2000, "random_init": True, "raw_pixels": True, "holdout": False,
+                   "probe": False},
 }
 
 _CHOICES = {"method": ("sweet", "poa", "single"), "teacher": ("none", "ema"), "mixed_precision": (None, "no", "bf16", "fp16"),
@@ -143,6 +149,17 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("width_scaling_p and depth_scaling_p are probabilities in [0, 1].")
     if cfg["temperature"] <= 0:
         raise ConfigError(f"temperature must be > 0, got {cfg['temperature']}.")
+    budget = cfg["time_budget_minutes"]
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise ConfigError(f"time_budget_minutes must be a positive number of minutes or null, got {budget!r}.")
+    anchors = cfg["template"]["anchors"]
+    weights = cfg["anchor_weights"]
+    if weights is not None and (not isinstance(weights, list) or len(weights) != len(anchors)
+                                or not all(isinstance(w, (int, float)) and w >= 0 for w in weights) or not sum(weights)):
+        raise ConfigError(f"anchor_weights must list one non-negative weight per anchor ({len(anchors)}), got {weights!r}.")
+    wmax = cfg["width_scaling_max"]
+    if wmax is not None and (not isinstance(wmax, int) or wmax < max(w for _, w in anchors)):
+        raise ConfigError(f"width_scaling_max must be an integer >= the largest anchor width, got {wmax!r}.")
     if not (isinstance(cfg["size"], list) and len(cfg["size"]) == 2):
         raise ConfigError(f"size must be [depth, width], got {cfg['size']!r}.")
     from sweet_hub import TemplateConfig, TemplateConfigError

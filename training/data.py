@@ -151,6 +151,15 @@ class ImageTensors:
         index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].sort().values
         return ImageTensors(self.images[index], None if self.labels is None else self.labels[index], f"{self.name}[{count}]")
 
+    def disjoint_subsets(self, first: int, second: int, seed: int = 0) -> tuple[ImageTensors, ImageTensors]:
+        """Two random subsets with no image in common (a validation split carved from one split)."""
+        if first + second > len(self):
+            raise ValueError(f"{self.name} has {len(self)} images, fewer than the {first} + {second} asked for.")
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        parts = perm[:first].sort().values, perm[first:first + second].sort().values
+        return tuple(ImageTensors(self.images[i], None if self.labels is None else self.labels[i], f"{self.name}[{len(i)}]")
+                     for i in parts)
+
 
 def _tensor_cache_dir() -> Path:
     from datasets import config as ds_config

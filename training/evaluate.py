@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from training.data import ImageTensors, load_image_tensors, normalize
 from training.selfsup import cosine_schedule, pooled_features
 
-__all__ = ["EvalProtocol", "evaluate_model", "extract_features", "finetune", "knn_accuracy", "linear_probe", "raw_pixel_knn"]
+__all__ = ["EvalProtocol", "evaluate_model", "extract_features", "finetune", "knn_accuracy", "linear_probe", "pixel_baselines",
+           "raw_pixel_knn"]
 
 
 @torch.no_grad()
@@ -97,18 +98,26 @@ def finetune(model: nn.Module, train: ImageTensors, test: ImageTensors, mean, st
 
 class EvalProtocol:
     """The data of one evaluation protocol, loaded once: k-NN/probe train subset, test subset,
-    and a labelled subset for fine-tuning. Subsets are fixed by ``seed``."""
+    and a labelled subset for fine-tuning. Subsets are fixed by ``seed``.
+
+    ``holdout=True`` takes the "test" images from the train split instead, disjoint from the
+    k-NN/probe subset: a validation protocol for choosing recipes without looking at the test set.
+    """
 
     def __init__(self, data: str = "fashion_mnist", img_size: int = 28, in_chans: int = 1, train_size: int = 5000,
-                 test_size: int = 2000, finetune_labels: int = 600, seed: int = 0) -> None:
+                 test_size: int = 2000, finetune_labels: int = 600, seed: int = 0, holdout: bool = False) -> None:
         full_train = load_image_tensors(data, "train", img_size, in_chans)
-        full_test = load_image_tensors(data, "test", img_size, in_chans)
+        full_test = full_train if holdout else load_image_tensors(data, "test", img_size, in_chans)
         if full_train.labels is None or full_test.labels is None:
             raise ValueError(f"Dataset '{data}' has no labels: k-NN and linear probe need a 'label' column.")
-        self.train = full_train.subset(train_size, seed)
-        self.test = full_test.subset(test_size, seed + 1)
+        if holdout:
+            self.train, self.test = full_train.disjoint_subsets(train_size, test_size, seed)
+        else:
+            self.train = full_train.subset(train_size, seed)
+            self.test = full_test.subset(test_size, seed + 1)
         self.finetune_train = full_train.subset(finetune_labels, seed + 2)
-        self.description = dict(data=data, train=len(self.train), test=len(self.test), finetune_labels=len(self.finetune_train))
+        self.description = dict(data=data, train=len(self.train), test=len(self.test), finetune_labels=len(self.finetune_train),
+                                **({"queries": "held-out train images"} if holdout else {}))
 
 
 def evaluate_model(model: nn.Module, protocol: EvalProtocol, mean, std, knn: bool = True, probe: bool = False,
@@ -133,6 +142,20 @@ def raw_pixel_knn(protocol: EvalProtocol) -> float:
     """k-NN on raw pixels: the bar a useful initialization must clear."""
     flat = lambda t: t.images.flatten(1).float() / 255.0
     return knn_accuracy(flat(protocol.train), protocol.train.labels, flat(protocol.test), protocol.test.labels)
+
+
+def pixel_baselines(protocol: EvalProtocol) -> dict[str, float]:
+    """What pixels alone score on the protocol: k-NN on raw and on mean-centred pixels (cosine
+    k-NN of uncentred pixels is dominated by the shared mean image), and a linear probe."""
+    train = protocol.train.images.flatten(1).float() / 255.0
+    test = protocol.test.images.flatten(1).float() / 255.0
+    mean = train.mean(0)
+    labels = protocol.train.labels, protocol.test.labels
+    return {
+        "raw_pixels_knn": knn_accuracy(train, labels[0], test, labels[1]),
+        "centred_pixels_knn": knn_accuracy(train - mean, labels[0], test - mean, labels[1]),
+        "pixels_linear_probe": linear_probe(train, labels[0], test, labels[1]),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

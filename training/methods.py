@@ -49,12 +49,18 @@ class SweetMethod(nn.Module):
     (``features @ U / sqrt(width)``), so one head serves every width, stochastic ones included."""
 
     def __init__(self, template: SweetTemplate, width_scaling_p: float = 0.5, depth_scaling_p: float = 0.0,
-                 proj_hidden: int = 512, proj_dim: int = 128) -> None:
+                 proj_hidden: int = 512, proj_dim: int = 128, width_scaling_max: int | None = None,
+                 anchor_weights: list[float] | None = None) -> None:
         super().__init__()
         self.template = template
         cfg = template.config
         self.head = ProjectionHead(cfg.ranks[1], proj_hidden, proj_dim)
         self.width_scaling_p, self.depth_scaling_p = width_scaling_p, depth_scaling_p
+        widths = [w for _, w in cfg.anchors]
+        #: widths width-wise stochastic scaling draws from: multiples of head_dim from the smallest
+        #: anchor width up to width_scaling_max (default: the largest anchor width)
+        self.stochastic_widths = list(range(min(widths), (width_scaling_max or max(widths)) + 1, cfg.head_dim))
+        self.anchor_weights = anchor_weights
         self.runner = FunctionalViT(vit_args(cfg, 1, cfg.head_dim))
 
     @property
@@ -67,10 +73,13 @@ class SweetMethod(nn.Module):
 
     def sample_size(self, rng: random.Random) -> SizeChoice:
         cfg = self.template.config
-        anchor = rng.choice(cfg.anchors)
+        if self.anchor_weights is None:
+            anchor = rng.choice(cfg.anchors)
+        else:
+            anchor = rng.choices(cfg.anchors, weights=self.anchor_weights)[0]
         depth, width = anchor
         if rng.random() < self.width_scaling_p:
-            width = rng.choice(cfg.anchor_widths_between())
+            width = rng.choice(self.stochastic_widths)
         if rng.random() < self.depth_scaling_p:
             depths = [d for d, _ in cfg.anchors]
             depth = rng.randint(min(depths), max(depths))

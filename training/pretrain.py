@@ -81,7 +81,8 @@ def build_method(cfg: dict[str, Any]) -> torch.nn.Module:
         from training.methods import SweetMethod
 
         template = SweetTemplate(**cfg["template"])
-        return SweetMethod(template, cfg["width_scaling_p"], cfg["depth_scaling_p"], **head)
+        return SweetMethod(template, cfg["width_scaling_p"], cfg["depth_scaling_p"], width_scaling_max=cfg["width_scaling_max"],
+                           anchor_weights=cfg["anchor_weights"], **head)
     from sweet_hub.config import TemplateConfig, timm_pretrained_cfg, vit_args
 
     tcfg = TemplateConfig(**{k: v for k, v in cfg["template"].items() if k != "anchors"}, anchors=[tuple(cfg["size"])])
@@ -96,6 +97,12 @@ def build_method(cfg: dict[str, Any]) -> torch.nn.Module:
 
         return POAMethod(model_kwargs, cfg["poa"], pretrained_cfg=data_cfg, **head)
     raise ConfigError(f"method must be 'sweet', 'poa' or 'single', got {method!r}.")
+
+
+def _progress(step: int, max_steps: int, seconds: float, budget: float | None) -> float:
+    """Fraction of the run done: by steps, or by elapsed training time when a time budget is set."""
+    fraction = step / max_steps
+    return min(1.0, max(fraction, seconds / budget) if budget else fraction)
 
 
 def _checkpoint_dirs(output_dir: Path) -> list[Path]:
@@ -239,14 +246,18 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     augment = MultiCropAugment(tcfg["img_size"], tuple(tcfg["mean"]), tuple(tcfg["std"]), cfg["n_global"], cfg["n_local"],
                                cfg["local_size"], tuple(cfg["global_scale"]), tuple(cfg["local_scale"]), cfg["jitter"])
     max_steps, ga = cfg["max_steps"], cfg["grad_accum"]
+    budget = cfg["time_budget_minutes"] * 60 if cfg["time_budget_minutes"] else None
     bar = tqdm(total=max_steps, initial=state.step, disable=not accelerator.is_local_main_process, desc=f"pretrain {cfg['method']}",
                dynamic_ncols=True)
     last_log = time.perf_counter()
     images_since_log = 0
-    while state.step < max_steps:
+    done = state.step >= max_steps or (budget is not None and state.train_seconds >= budget)
+    while not done:
         t0 = time.perf_counter()
         step = state.step
-        lr = cosine_schedule(step, max_steps, cfg["warmup_steps"], cfg["lr"], cfg["min_lr"])
+        progress = _progress(step, max_steps, state.train_seconds, budget)
+        lr = cosine_schedule(step, max_steps, cfg["warmup_steps"], cfg["lr"], cfg["min_lr"],
+                             progress=progress if budget else None)
         for group in optimizer.param_groups:
             group["lr"] = lr
         size = raw.sample_size(random.Random(step_seed(cfg["seed"], step, 0, 0)))
@@ -265,13 +276,16 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if teacher is not None:
-            teacher.update(raw, (step + 1) / max_steps)
+            teacher.update(raw, _progress(step + 1, max_steps, state.train_seconds, budget))
         state.step += 1
         state.images_seen += cfg["batch_size"]
-        state.train_seconds += time.perf_counter() - t0
+        # the elapsed time decides when a time-budgeted run stops: agree on it across processes
+        elapsed = accelerator.reduce(torch.tensor(time.perf_counter() - t0), reduction="mean").item() if budget else time.perf_counter() - t0
+        state.train_seconds += elapsed
+        done = state.step >= max_steps or (budget is not None and state.train_seconds >= budget)
         images_since_log += cfg["batch_size"]
         bar.update(1)
-        if state.step % cfg["log_every"] == 0 or state.step == max_steps:
+        if state.step % cfg["log_every"] == 0 or done:
             loss_sum = accelerator.reduce(torch.tensor(loss_sum), reduction="mean").item()  # mean over processes
             now = time.perf_counter()
             rate = images_since_log / (now - last_log)
@@ -282,7 +296,7 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
             if log is not None:
                 log.write(row)
             accelerator.log({"loss": loss_sum, "lr": lr, "img_per_s": rate}, step=state.step)
-        if state.step % cfg["save_every"] == 0 or state.step == max_steps:
+        if state.step % cfg["save_every"] == 0 or done:
             save_checkpoint(accelerator, output_dir, state.step, cfg["save_total_limit"])
     bar.close()
     accelerator.end_training()

@@ -8,7 +8,7 @@ import timm
 import torch
 
 from sweet_hub.config import TemplateConfig, vit_args
-from training.evaluate import EvalProtocol, evaluate_model, raw_pixel_knn
+from training.evaluate import EvalProtocol, evaluate_model, pixel_baselines
 
 __all__ = ["evaluate_sizes", "metrics_markdown", "random_vit"]
 
@@ -23,7 +23,8 @@ def evaluate_sizes(cfg: dict[str, Any], method: torch.nn.Module, eval_cfg: dict[
     """k-NN of the method's models at its own sizes plus ``eval_cfg['sizes']``, with random init
     of the same sizes and raw pixels as references."""
     tcfg = TemplateConfig(**{**cfg["template"], "anchors": [tuple(a) for a in cfg["template"]["anchors"]]})
-    protocol = EvalProtocol(cfg["data"], tcfg.img_size, tcfg.in_chans, eval_cfg["train_size"], eval_cfg["test_size"], 1, cfg["seed"])
+    protocol = EvalProtocol(cfg["data"], tcfg.img_size, tcfg.in_chans, eval_cfg["train_size"], eval_cfg["test_size"], 1, cfg["seed"],
+                            holdout=bool(eval_cfg.get("holdout", False)))
     sizes = list(dict.fromkeys([tuple(s) for s in method.sizes] + [tuple(s) for s in eval_cfg.get("sizes") or []]))
     rows = []
     for depth, width in sizes:
@@ -33,13 +34,17 @@ def evaluate_sizes(cfg: dict[str, Any], method: torch.nn.Module, eval_cfg: dict[
             continue
         row = dict(depth=depth, width=width, available=True, params=sum(p.numel() for p in model.parameters()),
                    init=method.describe_size(depth, width))
-        row["knn"] = round(evaluate_model(model, protocol, tcfg.mean, tcfg.std)["knn"], 2)
+        probe = bool(eval_cfg.get("probe", False))
+        metrics = evaluate_model(model, protocol, tcfg.mean, tcfg.std, probe=probe)
+        row["knn"] = round(metrics["knn"], 2)
+        if probe:
+            row["linear_probe"] = round(metrics["linear_probe"], 2)
         if eval_cfg.get("random_init", True):
             row["knn_random"] = round(evaluate_model(random_vit(tcfg, depth, width), protocol, tcfg.mean, tcfg.std)["knn"], 2)
         rows.append(row)
     out: dict[str, Any] = {"protocol": {**protocol.description, "metric": "k-NN (cosine, k=20, T=0.07) top-1 %"}, "sizes": rows}
     if eval_cfg.get("raw_pixels", True):
-        out["raw_pixels_knn"] = round(raw_pixel_knn(protocol), 2)
+        out.update({k: round(v, 2) for k, v in pixel_baselines(protocol).items()})
     return out
 
 

@@ -106,9 +106,14 @@ def pooled_features(model: nn.Module, images: Tensor) -> Tensor:
     return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
-def cosine_schedule(step: int, total: int, warmup: int, base: float, final: float) -> float:
-    """Linear warmup then cosine decay from ``base`` to ``final``."""
+def cosine_schedule(step: int, total: int, warmup: int, base: float, final: float, progress: float | None = None) -> float:
+    """Linear warmup then cosine decay from ``base`` to ``final``.
+
+    ``progress`` (0..1) replaces the step-based position in the decay when training is bounded
+    by time rather than steps (``time_budget_minutes``): the schedule then follows elapsed time.
+    """
     if step < warmup:
         return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
+    if progress is None:
+        progress = (step - warmup) / max(1, total - warmup)
     return final + (base - final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))

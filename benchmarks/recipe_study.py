@@ -1,0 +1,205 @@
+"""What makes a template good: capacity (ranks), anchor sampling and the SSL recipe, at equal wall-clock.
+
+    python benchmarks/recipe_study.py                     # every variant (about 1 h on 2 CPU cores)
+    python benchmarks/recipe_study.py --only base crops   # some variants (cached runs are reused)
+    python benchmarks/recipe_study.py --quick             # the same pipeline at toy scale (test suite)
+
+Every variant is one ``training/pretrain.py`` run with ``time_budget_minutes`` (the learning-rate
+and EMA schedules follow elapsed time, so a variant with slower steps sees fewer images, not a
+truncated schedule). Runs go two at a time with one CPU thread each, so every variant gets the
+same share of the machine. Per-size pre-training of the largest anchor gets a third of the
+budget: three anchors trained one by one would share the same total time.
+
+Quality is read on a *validation* protocol: k-NN (cosine, k=20) and a linear probe of frozen
+features, memory bank = 5000 train images, queries = 2000 other train images. The test images
+are never looked at here, so choosing a recipe from this table does not tune on them. Sizes:
+the anchors and unseen ones (narrower, wider, deeper than every anchor). For each rank choice,
+the materialization time of the largest size is reported beside its quality.
+
+Writes benchmarks/results/recipe_study.json and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, command, pyplot, save_result
+
+GENTLE = {"global_scale": [0.5, 1.0], "local_scale": [0.2, 0.5]}
+PLANS: dict[str, dict[str, Any]] = {
+    "full": {
+        "budget_minutes": 12.0,
+        "common": {"template.anchors": [[4, 64], [6, 128], [8, 192]], "batch_size": 256, "warmup_steps": 30,
+                   "save_every": 100, "max_steps": 100_000},
+        "sizes": [[4, 64], [6, 128], [8, 192], [6, 96], [6, 160], [8, 256], [10, 256], [12, 384]],
+        "eval": {"train_size": 5000, "test_size": 2000},
+        "variants": {
+            "base": {},                                                     # the v1 recipe (bundled template)
+            "crops": GENTLE,                                                # gentler crops for 28x28 silhouettes
+            "crops_r192": {**GENTLE, "template.ranks": [96, 192, 192]},     # rank = largest anchor width
+            "crops_r384": {**GENTLE, "template.ranks": [96, 384, 384]},     # 2x that
+            "crops_ema": {**GENTLE, "teacher": "ema", "ema_momentum": 0.99},
+            "crops_big": {**GENTLE, "anchor_weights": [1, 1, 2], "width_scaling_max": 256},
+            "single_8x192": {**GENTLE, "method": "single", "size": [8, 192], "budget_fraction": 1 / 3},
+        },
+    },
+    "quick": {
+        "budget_minutes": 0.05,
+        "common": {"template.anchors": [[2, 32], [3, 48]], "template.ranks": [8, 16, 16], "template.vector_rank": 4,
+                   "template.head_dim": 16, "batch_size": 32, "warmup_steps": 1, "save_every": 100, "max_steps": 3,
+                   "num_images": 256, "n_local": 1},
+        "sizes": [[2, 32], [3, 48], [4, 64]],
+        "eval": {"train_size": 300, "test_size": 200},
+        "variants": {"base": {}, "crops": GENTLE, "single": {"method": "single", "size": [3, 48], "budget_fraction": 0.5}},
+    },
+}
+
+
+def run_variant(name: str, changes: dict[str, Any], plan: dict[str, Any], run_dir: Path, threads: int, force: bool) -> dict[str, Any]:
+    """Pre-train one variant in its own process (cached: reused when its summary exists)."""
+    out = run_dir / name
+    summary = out / "summary.json"
+    if summary.is_file() and not force:
+        return json.loads(summary.read_text())
+    changes = dict(changes)
+    budget = plan["budget_minutes"] * changes.pop("budget_fraction", 1.0)
+    final_eval = {"sizes": plan["sizes"], **plan["eval"], "holdout": True, "probe": True, "random_init": False, "raw_pixels": False}
+    settings = {**plan["common"], **changes, "output_dir": str(out), "num_threads": threads, "time_budget_minutes": budget,
+                "final_eval": final_eval}
+    cmd = [sys.executable, str(ROOT / "training" / "pretrain.py"), *[f"{k}={json.dumps(v)}" for k, v in settings.items()]]
+    if (out / "checkpoints").is_dir() and not force:
+        cmd.insert(2, "--resume")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[recipe] {name}: budget {budget:.1f} min", flush=True)
+    with (out / "stdout.log").open("w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return json.loads(summary.read_text())
+
+
+def materialize_ms(template_dir: Path, depth: int, width: int, repeats: int = 5) -> float:
+    """Median wall time of materializing (depth, width) from a saved template (2 threads)."""
+    import statistics
+
+    import torch
+
+    from sweet_hub import SweetTemplate
+
+    torch.set_num_threads(2)
+    template = SweetTemplate.from_pretrained(str(template_dir))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        template.state_dict_for(depth, width)
+        times.append(1000 * (time.perf_counter() - t0))
+    return round(statistics.median(times), 1)
+
+
+def baselines(plan: dict[str, Any]) -> dict[str, Any]:
+    """Pixel and random-init references on the same validation protocol."""
+    from sweet_hub.config import TemplateConfig
+    from training.evaluate import EvalProtocol, evaluate_model, pixel_baselines
+    from training.report import random_vit
+
+    protocol = EvalProtocol(train_size=plan["eval"]["train_size"], test_size=plan["eval"]["test_size"], holdout=True)
+    out: dict[str, Any] = {k: round(v, 2) for k, v in pixel_baselines(protocol).items()}
+    head_dim = plan["common"].get("template.head_dim", 32)
+    tcfg = TemplateConfig(head_dim=head_dim, anchors=tuple(tuple(a) for a in plan["common"]["template.anchors"]))
+    out["random_init"] = {}
+    for depth, width in plan["sizes"]:
+        metrics = evaluate_model(random_vit(tcfg, depth, width), protocol, tcfg.mean, tcfg.std, probe=True)
+        out["random_init"][f"{depth}x{width}"] = {"knn": round(metrics["knn"], 2), "linear_probe": round(metrics["linear_probe"], 2)}
+    return out
+
+
+def summarize(name: str, changes: dict[str, Any], summary: dict[str, Any], run_dir: Path, anchors: list[list[int]]) -> dict[str, Any]:
+    rows = {f"{r['depth']}x{r['width']}": {"knn": r["knn"], "linear_probe": r.get("linear_probe"), "init": r["init"]}
+            for r in summary["metrics"]["sizes"] if r.get("available", True)}
+    anchor_keys = {f"{d}x{w}" for d, w in anchors}
+    mean = lambda keys, m: round(sum(rows[k][m] for k in keys) / len(keys), 2) if keys else None
+    seen = [k for k in rows if k in anchor_keys]
+    unseen = [k for k in rows if k not in anchor_keys]
+    out = {"changes": changes, "images_seen": summary["images_seen"], "train_seconds": summary["train_seconds"],
+           "steps": summary["steps"], "sizes": rows,
+           "mean_knn_anchors": mean(seen, "knn"), "mean_knn_unseen": mean(unseen, "knn"),
+           "mean_probe_anchors": mean(seen, "linear_probe"), "mean_probe_unseen": mean(unseen, "linear_probe")}
+    template_dir = run_dir / name / "template"
+    if template_dir.is_dir():
+        largest = max((tuple(map(int, k.split("x"))) for k in rows), key=lambda s: s[0] * s[1] ** 2)
+        out["materialize_ms"] = {"size": f"{largest[0]}x{largest[1]}", "ms": materialize_ms(template_dir, *largest)}
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    names = list(result["variants"])
+    sizes = list(next(iter(result["variants"].values()))["sizes"])
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        rows = result["variants"][name]["sizes"]
+        xs = [j + i * width for j, s in enumerate(sizes) if s in rows]
+        ax.bar(xs, [rows[s]["knn"] for s in sizes if s in rows], width, label=name)
+    ax.axhline(result["baselines"]["centred_pixels_knn"], color="k", ls="--", lw=1, label="centred pixels")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))], sizes)
+    low = min(r["knn"] for v in result["variants"].values() for r in v["sizes"].values())
+    ax.set_ylim(max(0, low - 5), None)
+    ax.set(xlabel="depth x width", ylabel="validation k-NN (%)", title=f"recipe study, {result['budget_minutes']} min per variant")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="toy scale (seconds), for the test suite")
+    parser.add_argument("--only", nargs="+", help="run these variants only (the JSON keeps earlier results of the others)")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time (each gets cores / parallel threads)")
+    parser.add_argument("--force", action="store_true", help="re-run variants whose results are cached")
+    parser.add_argument("--run-dir", default=None, help="where runs are kept (default benchmarks/runs/recipe[_quick])")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    import os
+
+    plan = PLANS["quick" if args.quick else "full"]
+    suffix = "_quick" if args.quick else ""
+    run_dir = Path(args.run_dir or ROOT / "benchmarks" / "runs" / f"recipe{suffix}")
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"recipe_study{suffix}.json")
+    names = args.only or list(plan["variants"])
+    unknown = sorted(set(names) - set(plan["variants"]))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(plan['variants'])}")
+    threads = max(1, (os.cpu_count() or 1) // args.parallel)
+    with ThreadPoolExecutor(args.parallel) as pool:
+        futures = {n: pool.submit(run_variant, n, plan["variants"][n], plan, run_dir, threads, args.force) for n in names}
+        summaries = {n: f.result() for n, f in futures.items()}
+
+    previous = json.loads(out.read_text()) if out.is_file() and args.only else {}
+    variants = dict(previous.get("variants", {}))
+    anchors = plan["common"]["template.anchors"]
+    for name in names:
+        variants[name] = summarize(name, plan["variants"][name], summaries[name], run_dir, anchors)
+    result = {
+        "command": command("recipe_study.py", argv), "budget_minutes": plan["budget_minutes"], "threads_per_run": threads,
+        "parallel_runs": args.parallel, "protocol": "validation: k-NN (cosine, k=20, T=0.07) and linear probe; "
+        f"{plan['eval']['train_size']} train images as memory, {plan['eval']['test_size']} other train images as queries",
+        "anchors": anchors, "baselines": previous.get("baselines") or baselines(plan), "variants": variants,
+    }
+    for name in names:
+        v = variants[name]
+        print(f"{name:14s} anchors k-NN {v['mean_knn_anchors']}  unseen k-NN {v['mean_knn_unseen']}  "
+              f"probe {v['mean_probe_anchors']}/{v['mean_probe_unseen']}  images {v['images_seen']:,}")
+    save_result(result, out, plot)
+    return result
+
+
+if __name__ == "__main__":
+    main()
