@@ -51,6 +51,20 @@ def test_tiny_pretraining_writes_a_template_with_card_and_metrics(tmp_path):
     assert SweetTemplate.from_pretrained(out / "template").materialize(5, 80).embed_dim == 80
 
 
+def test_time_budget_stops_the_run_and_drives_the_schedule(tmp_path):
+    out = tmp_path / "budget"
+    run([*PRETRAIN, f"output_dir={out}", "max_steps=100000", "time_budget_minutes=0.05", "anchor_weights=[0,1]",
+         "width_scaling_max=64", NO_EVAL])
+    summary = json.loads((out / "summary.json").read_text())
+    assert 1 <= summary["steps"] < 100000 and 3.0 <= summary["train_seconds"] < 10.0
+    rows = (out / "train_log.csv").read_text().splitlines()[1:]
+    last_lr = float(rows[-1].split(",")[2])
+    assert last_lr < 1e-4  # the cosine schedule reached its end with the time, not with max_steps
+    # anchor_weights=[0, 1]: only the 3-deep anchor (and its stochastic widths, up to 64) is trained
+    assert {int(r.split(",")[4]) for r in rows} == {3}
+    assert max(int(r.split(",")[5]) for r in rows) <= 64
+
+
 def test_two_process_ddp_run(tmp_path):
     out = tmp_path / "ddp"
     run([ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
@@ -107,6 +121,9 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     ("lr=fast", "lr must be a number"),
     ("template.anchors=[[2,30]]", "not a multiple of head_dim"),
     ("grad_accum=5", "divisible by grad_accum=5"),
+    ("time_budget_minutes=-1", "time_budget_minutes must be a positive number"),
+    ("anchor_weights=[1]", "one non-negative weight per anchor"),
+    ("width_scaling_max=40", "width_scaling_max must be an integer >= the largest anchor width"),
 ])
 def test_bad_config_is_a_clear_error(override, message):
     from training.config import ConfigError, load_config

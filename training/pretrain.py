@@ -247,7 +247,9 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
                                cfg["local_size"], tuple(cfg["global_scale"]), tuple(cfg["local_scale"]), cfg["jitter"])
     max_steps, ga = cfg["max_steps"], cfg["grad_accum"]
     budget = cfg["time_budget_minutes"] * 60 if cfg["time_budget_minutes"] else None
-    bar = tqdm(total=max_steps, initial=state.step, disable=not accelerator.is_local_main_process, desc=f"pretrain {cfg['method']}",
+    # a time-budgeted run counts training seconds, a step-budgeted one counts steps
+    bar = tqdm(total=round(budget) if budget else max_steps, initial=round(state.train_seconds) if budget else state.step,
+               unit="s" if budget else "it", disable=not accelerator.is_local_main_process, desc=f"pretrain {cfg['method']}",
                dynamic_ncols=True)
     last_log = time.perf_counter()
     images_since_log = 0
@@ -284,7 +286,7 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         state.train_seconds += elapsed
         done = state.step >= max_steps or (budget is not None and state.train_seconds >= budget)
         images_since_log += cfg["batch_size"]
-        bar.update(1)
+        bar.update(round(elapsed, 2) if budget else 1)
         if state.step % cfg["log_every"] == 0 or done:
             loss_sum = accelerator.reduce(torch.tensor(loss_sum), reduction="mean").item()  # mean over processes
             now = time.perf_counter()

@@ -21,7 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "contrastive_loss", "cosine_schedule", "pooled_features"]
+__all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "contrastive_loss", "cosine_schedule", "gather_batches", "pooled_features"]
 
 
 class ProjectionHead(nn.Module):
@@ -36,17 +36,38 @@ class ProjectionHead(nn.Module):
         return F.normalize(self.out(F.gelu(self.mlp(x))), dim=-1)
 
 
+def gather_batches(tensor: Tensor) -> tuple[Tensor, int]:
+    """All processes' batches concatenated (rank order), with gradients flowing back to each
+    owner, and the offset of this process's rows. A no-op outside torch.distributed.
+
+    SimCLR gathers its negatives this way: with N processes of B images each, every image is
+    contrasted against N*B - 1 negatives, not B - 1, so the loss does not change when the same
+    global batch is split over more processes.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor)), dist.get_rank() * tensor.shape[0]
+
+
 def contrastive_loss(students: list[Tensor], targets: list[Tensor], temperature: float, same_views: bool) -> Tensor:
     """Mean InfoNCE over every (student view, target view) pair of different views.
 
     ``students`` and ``targets`` are lists of L2-normalized (B, d) embeddings. When
     ``same_views`` the first len(targets) students are the views the targets were computed
-    from, and a view is never its own target.
+    from, and a view is never its own target. Under DDP the targets of every process are the
+    candidates (:func:`gather_batches`); the mean of the per-process losses then equals the
+    single-process loss of the whole global batch.
     """
-    labels = torch.arange(students[0].shape[0], device=students[0].device)
+    gathered = [gather_batches(target) for target in targets]
+    offset = gathered[0][1] if gathered else 0
+    labels = torch.arange(students[0].shape[0], device=students[0].device) + offset
     losses = []
     for i, student in enumerate(students):
-        for j, target in enumerate(targets):
+        for j, (target, _) in enumerate(gathered):
             if same_views and i == j:
                 continue
             losses.append(F.cross_entropy(student @ target.T / temperature, labels))
