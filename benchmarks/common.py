@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +22,10 @@ def command(script: str, argv: list[str] | None) -> str:
 
 def save_result(result: dict[str, Any], out: str | Path, plot: Callable[[dict[str, Any], Path], None] | None) -> Path:
     """Write ``result`` as JSON (atomically) and its plot next to it (same name, .png)."""
+    from sweet_hub.files import write_text
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_text(out, json.dumps(result, indent=2) + "\n")
     if plot is not None:
         plot(result, out.with_suffix(".png"))
     print(f"wrote {out}" + (f" and {out.with_suffix('.png').name}" if plot is not None else ""))

@@ -1,7 +1,7 @@
 """Load time: ``create_model(pretrained=True)`` first (materialize) and cached, vs a plain checkpoint.
 
     python benchmarks/load_time.py                       # sizes 6x192, 10x512, 12x768
-    python benchmarks/load_time.py --sizes 4x64 --repeats 3 --quick
+    python benchmarks/load_time.py --sizes 4x64 --repeats 3
 
 For each size: the first load (cold materialization cache), the cached load, and the load of an
 ordinary timm checkpoint of the same model (``local-dir:`` export, same timm code path); plus the
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         import timm
 
         import sweet_hub
-        from sweet_hub.template import materialize_flops
+        from sweet_hub.tucker import materialize_flops
 
         source = args.template or str(sweet_hub.BUNDLED_TEMPLATE)
         overlay = dict(file=source) if Path(source).is_dir() else dict(hf_hub_id=source)

@@ -15,13 +15,21 @@ import re
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from common import RESULTS, ROOT
+
+from sweet_hub.config import format_size, parse_size_key
+from sweet_hub.files import write_text
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 INIT_NAMES = {
     "sweet": "SWEET", "sweet_learned": "SWEET, learned scalers", "sweet_no_wss": "SWEET without width-wise scaling",
     "poa": "POA extraction", "weight_selection": "weight selection", "per_size": "per-size pre-training", "random": "random init",
 }
+
+
+def user_sizes(text: str) -> str:
+    """Size names of older result files ('derived from d8_w192') in the spelling users read ('8x192')."""
+    return re.sub(r"\bd\d+_w\d+\b", lambda m: format_size(*parse_size_key(m.group(0))), text)
 
 
 def md_row(*cells: object) -> str:
@@ -50,7 +58,7 @@ def demo_section(r: dict[str, Any]) -> list[str]:
         *md_header("size", "params", "scalers", "materialize", "k-NN template", "k-NN random init"),
     ]
     for s in r["sizes"]:
-        lines.append(f"| {s['depth']} x {s['width']} | {s['params'] / 1e6:.2f}M | {s['scalers']} | {s['materialize_ms']:.0f} ms | "
+        lines.append(f"| {format_size(s['depth'], s['width'])} | {s['params'] / 1e6:.2f}M | {user_sizes(s['scalers'])} | {s['materialize_ms']:.0f} ms | "
                      f"**{s['knn_template']:.1f}** | {s['knn_random']:.1f} |")
     wins = sum(s["knn_template"] > s["knn_random"] for s in r["sizes"])
     best = max(s["knn_template"] for s in r["sizes"])
@@ -108,7 +116,7 @@ def init_quality_section(r: dict[str, Any]) -> list[str]:
         def cell(key: str, text: str) -> str:
             return f"**{text}**" if row[key] == best[(row["size"], key)] else text
 
-        scalers = f" ({row['scalers']})" if "scalers" in row else ""
+        scalers = f" ({user_sizes(row['scalers'])})" if "scalers" in row else ""
         knn = cell("knn", f"{row['knn']:.1f}")
         probe = cell("linear_probe", f"{row['linear_probe']:.1f}")
         finetune = cell("finetune_mean", f"{row['finetune_mean']:.1f} ± {row['finetune_std']:.1f}")
@@ -244,9 +252,7 @@ def main(argv: list[str] | None = None) -> str:
     if START not in text or END not in text:
         raise SystemExit(f"README.md has no {START} ... {END} markers")
     new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: f"{START}\n{section}{END}", text, flags=re.DOTALL)
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(readme)
+    write_text(readme, new)
     print(f"updated {readme}")
     return section
 

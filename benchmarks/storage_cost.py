@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     import sweet_hub
-    from sweet_hub.hub import TEMPLATE_NAME, save_safetensors, scaler_filename
+    from sweet_hub.config import TEMPLATE_NAME, scaler_filename
+    from sweet_hub.files import save_safetensors
 
     folder = Path(args.template or sweet_hub.BUNDLED_TEMPLATE)
     template = sweet_hub.SweetTemplate.from_pretrained(folder)
@@ -58,10 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"vs {len(rows)} checkpoints = {total_ckpt / 2**20:.2f} MB ({total_ckpt / total_sweet:.1f}x)")
 
     compute = {}
-    training = template.card_info.get("training", {})
-    if training:
-        images = int(str(training["images seen"]).replace(",", ""))
-        minutes = float(str(training["wall time (training)"]).split()[0])
+    stats = template.card_info.get("stats")
+    if stats:
+        images, minutes = stats["images_seen"], round(stats["train_seconds"] / 60, 1)
         compute = {"template_images_seen": images, "template_minutes": minutes}
         overhead = RESULTS / "train_overhead.json"
         if overhead.is_file():

@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
     images = data.subset(args.scaler_images, seed=0).images
     facts = learn_scalers(sweet_hub.SweetTemplate.from_pretrained(sweet_hub.BUNDLED_TEMPLATE), depth, width, images,
                           steps=args.scaler_steps, progress=False)
-    training = template.card_info.get("training", {})
-    pre_images = int(str(training.get("images seen", "0")).replace(",", "")) or None
-    pre_minutes = float(str(training.get("wall time (training)", "nan")).split()[0]) if training else None
+    stats = template.card_info.get("stats") or {}
+    pre_images = stats.get("images_seen")
+    pre_minutes = round(stats["train_seconds"] / 60, 1) if stats else None
     scaler = dict(size=args.scaler_size, images=facts["images"], steps=facts["steps"],
                   images_processed=facts["steps"] * facts["batch_size"], seconds=facts["seconds"],
                   distill_loss_before=facts["distill_loss_before"], distill_loss_after=facts["distill_loss_after"],

@@ -3,7 +3,7 @@
 ``import sweet_hub`` registers the ``sweet_vit`` family in timm (timm has no plugin discovery).
 """
 
-from .config import FORMAT_VERSION, TemplateConfig
+from .config import FORMAT_VERSION, TemplateConfig, format_size, parse_size
 from .errors import (
     NotASweetTemplateError,
     SizeError,
@@ -13,8 +13,9 @@ from .errors import (
     TemplateNotAvailableError,
 )
 from .export import export_timm
-from .template import SweetTemplate, derive_scalers, materialize_state_dict
+from .template import SweetTemplate
 from .timm_models import BUNDLED_TEMPLATE, create_sweet_vit
+from .tucker import derive_scalers, materialize_state_dict
 
 __version__ = "0.1.0"
 
@@ -33,5 +34,7 @@ __all__ = [
     "create_sweet_vit",
     "derive_scalers",
     "export_timm",
+    "format_size",
     "materialize_state_dict",
+    "parse_size",
 ]

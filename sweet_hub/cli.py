@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import format_size
 from .errors import SweetHubError
 
 __all__ = ["main"]
@@ -62,7 +63,7 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
         "template_params": template.num_template_params(),
         "template_bytes": files.template_path.stat().st_size,
         "sizes": [
-            {"size": f"d{d}_w{w}", "source": template.scaler_source(d, w), "scaler_params": template.num_scaler_params(d, w),
+            {"size": format_size(d, w), "source": template.scaler_source(d, w), "scaler_params": template.num_scaler_params(d, w),
              "model_params": _vit_params(cfg, d, w)}
             for d, w in template.sizes
         ],
@@ -92,7 +93,7 @@ def _vit_params(cfg, depth: int, width: int) -> int:
 def cmd_materialize(args: argparse.Namespace) -> dict[str, Any]:
     import timm
 
-    from .template import materialize_flops
+    from .tucker import materialize_flops
 
     overlay = dict(file=_template_source(args.template)) if Path(_template_source(args.template)).is_dir() \
         else dict(hf_hub_id=args.template if args.revision is None else f"{args.template}@{args.revision}")
@@ -101,7 +102,7 @@ def cmd_materialize(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     template = _load(args)
     report = {
-        "size": f"d{args.depth}_w{args.width}",
+        "size": format_size(args.depth, args.width),
         "scalers": template.scaler_source(args.depth, args.width),
         "params": sum(p.numel() for p in model.parameters()),
         "seconds": round(seconds, 4),
@@ -125,7 +126,7 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     provenance = {"template": args.template if args.template != "bundled" else "sweet-hub bundled template (fmnist)",
                   "template_revision": args.revision, "scalers": template.scaler_source(args.depth, args.width)}
     export_timm(model, out, provenance={k: v for k, v in provenance.items() if v is not None})
-    print(f"Exported d{args.depth}_w{args.width} to {out} (config.json, model.safetensors, README.md); "
+    print(f"Exported {format_size(args.depth, args.width)} to {out} (config.json, model.safetensors, README.md); "
           f"load it with timm.create_model('local-dir:{out}', pretrained=True) or push it with `sweet-hub push {out} org/name`.")
     return {"output": str(out)}
 
@@ -139,10 +140,9 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
         raise SweetHubError(f"'{folder}' has no config.json: push a template folder (save_pretrained) or an export folder.")
     config = json.loads(config_path.read_text())
     if "sweet_format_version" in config:
-        from .hub import load_template
         from .template import SweetTemplate
 
-        load_template(SweetTemplate, str(folder))  # validates every file before anything is uploaded
+        SweetTemplate.from_pretrained(str(folder))  # validates every file before anything is uploaded
         kind = "template"
     elif (folder / "model.safetensors").is_file():
         kind = "timm export"

@@ -1,26 +1,48 @@
-"""The template config: the schema of ``config.json`` and the sizes a template can build.
+"""The template config: the schema of ``config.json``, the sizes a template can build, and the
+shapes of its tensors.
 
 A template is size-agnostic; its config says what every materialized model shares (input,
 patching, head dim, ranks) and which sizes the template was trained at (the anchors). This module
-validates all of it in one place so that every error names the field and the fix.
+validates all of it in one place so that every error names the field and the fix. It is the
+ground floor of the package: it imports nothing else from sweet_hub but the errors.
+
+Sizes are spelled ``8x192`` (depth x width) wherever users read or type them; the artefact's
+file names use ``d8_w192`` (:func:`size_key`), which is part of the on-disk format.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .errors import SizeError, TemplateConfigError
+from .errors import NotASweetTemplateError, SizeError, TemplateConfigError
 
 __all__ = [
+    "ARCHITECTURE",
+    "BLOCKS_PER_LAYER",
+    "CONFIG_NAME",
     "FORMAT_VERSION",
     "MAX_DEPTH",
     "MAX_WIDTH",
+    "README_NAME",
+    "SCALERS_DIR",
+    "TEMPLATE_NAME",
+    "VECTORS_PER_LAYER",
     "TemplateConfig",
+    "config_json",
+    "core_shapes",
+    "format_size",
+    "parse_size",
     "parse_size_key",
+    "parse_template_config",
+    "read_config_json",
+    "scaler_filename",
+    "scaler_shapes",
     "size_key",
     "timm_pretrained_cfg",
     "vit_args",
@@ -35,20 +57,54 @@ FORMAT_VERSION = 1
 MAX_DEPTH = 256
 MAX_WIDTH = 16384
 
+#: file names of the artefact (a Hub repo or a folder of the same layout)
+CONFIG_NAME = "config.json"
+TEMPLATE_NAME = "template.safetensors"
+SCALERS_DIR = "scalers"
+README_NAME = "README.md"
+#: the timm architecture a template's config.json names, so ``hf-hub:`` ids resolve to sweet_vit
+ARCHITECTURE = "sweet_vit"
+#: config.json keys that are not TemplateConfig fields
+_NON_TEMPLATE_KEYS = ("architecture", "sweet_format_version", "scalers", "pretrained_cfg", "card_info")
+
+#: q, k, v, o, fc1 rows 0-3, fc2 columns 0-3
+BLOCKS_PER_LAYER = 12
+#: norm1 w, norm1 b, q b, k b, v b, proj b, norm2 w, norm2 b, fc1 b (4 chunks), fc2 b
+VECTORS_PER_LAYER = 13
+
 _SIZE_KEY = re.compile(r"^d(\d+)_w(\d+)$")
+_SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+
+
+def format_size(depth: int, width: int) -> str:
+    """A size as users read and type it: ``8x192`` (depth x width)."""
+    return f"{depth}x{width}"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Inverse of :func:`format_size`; also accepts the file-name spelling ``d8_w192``."""
+    match = _SIZE.match(text) or _SIZE_KEY.match(text.strip())
+    if not match:
+        raise SizeError(f"'{text}' is not a size; write depth x width, e.g. '8x192'.")
+    return int(match.group(1)), int(match.group(2))
 
 
 def size_key(depth: int, width: int) -> str:
-    """Name of a size, as used for scaler files (``scalers/d{L}_w{D}.safetensors``)."""
+    """Name of a size in the artefact: scaler files and config.json's ``scalers`` (``d8_w192``)."""
     return f"d{depth}_w{width}"
 
 
 def parse_size_key(key: str) -> tuple[int, int]:
     """Inverse of :func:`size_key`."""
-    match = _SIZE_KEY.match(key)
+    match = _SIZE_KEY.match(key) if isinstance(key, str) else None
     if not match:
         raise TemplateConfigError(f"'{key}' is not a size name; expected 'd<depth>_w<width>', e.g. 'd8_w128'.")
     return int(match.group(1)), int(match.group(2))
+
+
+def scaler_filename(depth: int, width: int) -> str:
+    """Path of a size's scaler file inside the artefact."""
+    return f"{SCALERS_DIR}/{size_key(depth, width)}.safetensors"
 
 
 def _is_int(value: Any) -> bool:
@@ -61,6 +117,8 @@ class TemplateConfig:
 
     The MLP ratio is fixed at 4: the Tucker form stacks the 12 D x D blocks of a layer
     (q, k, v, o, 4 row blocks of fc1, 4 column blocks of fc2), which needs hidden = 4 * width.
+    The defaults are those of the bundled Fashion-MNIST template and of ``training/``; this is
+    the only place they are written down.
     """
 
     img_size: int = 28
@@ -70,10 +128,10 @@ class TemplateConfig:
     head_dim: int = 32
     ranks: tuple[int, int, int] = (48, 128, 128)
     vector_rank: int = 16
-    anchors: tuple[tuple[int, int], ...] = ((4, 64), (8, 128), (12, 256))
+    anchors: tuple[tuple[int, int], ...] = ((4, 64), (6, 128), (8, 192))
     mean: tuple[float, ...] = (0.2860,)
     std: tuple[float, ...] = (0.3530,)
-    global_pool: str = "token"
+    global_pool: str = "avg"  # mean of patch tokens: +2 to +5 k-NN over the class token (CHANGELOG 0.1.0)
     # How derived scalers (sizes with no stored scaler file) are rescaled; see template.derive_scalers.
     depth_rescale: bool = True
     width_rescale: bool = False  # measured worse on the bundled template (benchmarks/derived_scalers.py)
@@ -166,11 +224,6 @@ class TemplateConfig:
 
         return min(self.anchors, key=distance)
 
-    def anchor_widths_between(self) -> list[int]:
-        """Multiples of head_dim from the smallest to the largest anchor width (stochastic scaling range)."""
-        widths = sorted({w for _, w in self.anchors})
-        return list(range(widths[0], widths[-1] + 1, self.head_dim))
-
     # (de)serialization ----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,6 +261,127 @@ class TemplateConfig:
         except TypeError as e:  # wrong JSON types deep inside (e.g. a string where a list is expected)
             raise TemplateConfigError(f"{source}: {e}") from None
 
+    @classmethod
+    def build(cls, config: TemplateConfig | Mapping[str, Any] | None = None, **fields: Any) -> TemplateConfig:
+        """A config from another config, a mapping of fields, or keyword fields (over the defaults)."""
+        if isinstance(config, cls):
+            return cls(**{**{f: getattr(config, f) for f in cls.field_names()}, **fields}) if fields else config
+        data = {**dict(config or {}), **fields}
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise TemplateConfigError(f"Unknown template config field(s) {unknown}; valid fields: {', '.join(cls.field_names())}.")
+        if "anchors" in data and isinstance(data["anchors"], (list, tuple)):
+            data["anchors"] = tuple(tuple(a) if isinstance(a, list) else a for a in data["anchors"])
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise TemplateConfigError(str(e)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# tensor shapes (the Tucker layout; materialization is in tucker.py)
+
+
+def core_shapes(cfg: TemplateConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the template tensors (independent of any model size)."""
+    r1, r2, r3 = cfg.ranks
+    shapes = {
+        "G": (r1, r2, r3),
+        "G_vec": (cfg.vector_rank, r2),
+        "patch_weight": (r2, cfg.in_chans, cfg.patch_size, cfg.patch_size),
+        "patch_bias": (r2,),
+        "pos_embed": (cfg.num_patches + 1, r2),
+        "cls_token": (r2,),
+        "norm_weight": (r2,),
+        "norm_bias": (r2,),
+    }
+    if cfg.num_classes:
+        shapes["head_weight"] = (cfg.num_classes, r3)
+        shapes["head_bias"] = (cfg.num_classes,)
+    return shapes
+
+
+def scaler_shapes(cfg: TemplateConfig, depth: int, width: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of the scalers of one size: 12L*r1 + 13L*rv + D*(r2 + r3) numbers."""
+    r1, r2, r3 = cfg.ranks
+    return {
+        "X": (depth, BLOCKS_PER_LAYER, r1),
+        "X_vec": (depth, VECTORS_PER_LAYER, cfg.vector_rank),
+        "U": (width, r2),
+        "V": (width, r3),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json
+
+
+def config_json(cfg: TemplateConfig, scaler_info: Mapping[str, Mapping[str, Any]], card_info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The full config.json of a template: template fields, scaler registry, timm fields."""
+    scalers = {key: {k: v for k, v in info.items() if _jsonable(v)} for key, info in scaler_info.items()}
+    return {
+        "architecture": ARCHITECTURE,
+        "sweet_format_version": FORMAT_VERSION,
+        **cfg.to_dict(),
+        "scalers": scalers,
+        **({"card_info": dict(card_info)} if card_info and _jsonable(card_info) else {}),
+        "pretrained_cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in timm_pretrained_cfg(cfg).items()},
+    }
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def read_config_json(path: Path, source: str) -> dict[str, Any]:
+    """Read and check a template's config.json (format version, scaler registry)."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TemplateConfigError(f"{path}: config.json is not valid JSON ({e}).") from None
+    if not isinstance(config, dict):
+        raise TemplateConfigError(f"{path}: config.json must hold a JSON object.")
+    if "sweet_format_version" not in config:
+        arch = config.get("architecture")
+        hint = (
+            f" It describes a plain '{arch}' checkpoint: load it with timm.create_model('hf-hub:{source}') instead."
+            if arch else ""
+        )
+        raise NotASweetTemplateError(
+            f"'{source}' is not a SWEET template: its config.json has no 'sweet_format_version'.{hint}"
+        )
+    version = config["sweet_format_version"]
+    if version != FORMAT_VERSION:
+        raise TemplateConfigError(
+            f"{path}: sweet_format_version {version!r} is not supported by this sweet-hub (reads version {FORMAT_VERSION}); "
+            f"upgrade sweet-hub (pip install -U sweet-hub)."
+        )
+    scalers = config.get("scalers")
+    if not isinstance(scalers, dict):
+        raise TemplateConfigError(f"{path}: config.json field 'scalers' must map size names (d<depth>_w<width>) to their info.")
+    for key in scalers:
+        try:
+            parse_size_key(key)
+        except TemplateConfigError as e:
+            raise TemplateConfigError(f"{path}: {e}") from None
+    return config
+
+
+def parse_template_config(config: Mapping[str, Any], source: str) -> TemplateConfig:
+    """The TemplateConfig of a config.json mapping; every anchor must have stored scalers."""
+    cfg = TemplateConfig.from_dict({k: v for k, v in config.items() if k not in _NON_TEMPLATE_KEYS}, source=f"{source}/config.json")
+    missing = [size_key(*a) for a in cfg.anchors if size_key(*a) not in config["scalers"]]
+    if missing:
+        raise TemplateConfigError(f"{source}/config.json: anchors {missing} have no entry in 'scalers'.")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# timm
 
 
 def vit_args(cfg: TemplateConfig, depth: int, width: int) -> dict[str, Any]:

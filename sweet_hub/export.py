@@ -14,22 +14,19 @@ from typing import Any
 
 from torch import nn
 
-from .hub import save_safetensors, write_text
+from .card import export_card
+from .files import save_safetensors, write_text
 
-__all__ = ["EXPORT_ARCHITECTURE", "export_timm"]
+__all__ = ["EXPORT_ARCHITECTURE", "export_timm", "vit_model_args"]
 
 #: any registered timm ViT works: model_args override its size, patch and input; this one is
 #: present in every timm release since 0.4 and in transformers' TimmWrapper tests.
 EXPORT_ARCHITECTURE = "vit_base_patch16_224"
-_STOCK_ARGS = (
-    "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
-    "qkv_bias", "class_token", "global_pool", "fc_norm",
-)
 
 
-def _stock_model_args(model: nn.Module) -> dict[str, Any]:
-    """The VisionTransformer arguments that rebuild ``model`` through a stock timm entrypoint."""
-    recorded = dict(getattr(model, "_model_args", {}))
+def vit_model_args(model: nn.Module) -> dict[str, Any]:
+    """The VisionTransformer arguments that rebuild ``model`` through a stock timm entrypoint,
+    read from the module itself (so they hold whatever was changed after construction)."""
     args = {
         "img_size": tuple(model.patch_embed.img_size),
         "patch_size": tuple(model.patch_embed.patch_size),
@@ -43,7 +40,6 @@ def _stock_model_args(model: nn.Module) -> dict[str, Any]:
         "global_pool": model.global_pool,
         "fc_norm": not isinstance(model.fc_norm, nn.Identity),
     }
-    args.update({k: v for k, v in recorded.items() if k not in _STOCK_ARGS and k not in ("num_classes", "width", "pretrained_cfg")})
     return {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
 
 
@@ -64,45 +60,14 @@ def export_timm(model: nn.Module, save_directory: str | Path, provenance: dict[s
     with tempfile.TemporaryDirectory() as tmp:
         # timm writes the config (data config, labels, pretrained_cfg) exactly as it reads it back
         save_for_hf(model, tmp, model_config={"architecture": EXPORT_ARCHITECTURE}, safe_serialization=True,
-                    model_args=_stock_model_args(model))
+                    model_args=vit_model_args(model))
         config = json.loads((Path(tmp) / "config.json").read_text())
     # only arguments a stock VisionTransformer accepts ('width' is a sweet_vit alias of embed_dim)
-    config["model_args"] = _stock_model_args(model)
+    config["model_args"] = vit_model_args(model)
     config["pretrained_cfg"].pop("architecture", None)
     if provenance:
         config["sweet_provenance"] = provenance
     save_safetensors(model.state_dict(), save_directory / "model.safetensors", {"format": "pt"})
-    write_text(save_directory / "README.md", _export_card(config, provenance or {}))
+    write_text(save_directory / "README.md", str(export_card(config["model_args"], config["num_classes"], provenance or {})))
     write_text(save_directory / "config.json", json.dumps(config, indent=2) + "\n")
     return save_directory
-
-
-def _export_card(config: dict[str, Any], provenance: dict[str, Any]) -> str:
-    args = config["model_args"]
-    source = provenance.get("template", "a SWEET template")
-    lines = [
-        "---",
-        "library_name: timm",
-        "license: apache-2.0",
-        "tags: [image-classification, timm, sweet, vision-transformer]",
-        "---",
-        "",
-        f"# ViT depth {args['depth']}, width {args['embed_dim']} materialized from {source}",
-        "",
-        "A stock timm `VisionTransformer` whose weights were materialized from a SWEET weight template "
-        "(arXiv:2601.19694) with sweet-hub. It needs neither sweet-hub nor the template to load:",
-        "",
-        "```python",
-        "import timm",
-        'model = timm.create_model("hf-hub:<org>/<this-repo>", pretrained=True)',
-        "",
-        "from transformers import AutoModelForImageClassification",
-        'model = AutoModelForImageClassification.from_pretrained("<org>/<this-repo>")',
-        "```",
-        "",
-        "| field | value |",
-        "| --- | --- |",
-        *[f"| {k} | {v} |" for k, v in {**args, "num_classes": config["num_classes"], **provenance}.items()],
-        "",
-    ]
-    return "\n".join(lines)

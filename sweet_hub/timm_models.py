@@ -1,11 +1,11 @@
-"""timm glue: the ``sweet_*`` entrypoints and their pretrained loading.
+"""timm glue: the ``sweet_*`` entrypoints and where their weights come from.
 
 timm has no plugin discovery, so these models exist only after ``import sweet_hub``. Loading
 ``pretrained=True`` resolves a template (the bundled one, ``pretrained_cfg_overlay=dict(
-hf_hub_id=...)``, an ``hf-hub:`` id or a ``local-dir:`` path), materializes the requested size
-into the cache (see cache.py), and hands that checkpoint to timm's own loader, so everything timm
-does on load (classifier reset for another ``num_classes``, ``in_chans`` adaptation, pos-embed
-resampling for another ``img_size``, ``features_only``) works unchanged.
+hf_hub_id=...)`` or ``dict(file=FOLDER)``, an ``hf-hub:`` id or a ``local-dir:`` path),
+materializes the requested size (or reads it from the cache, see cache.py) and builds the model
+with :func:`~sweet_hub.builder.build_sweet_vit`, i.e. through timm's own loader.
+``pretrained=False`` reads the template's config.json only.
 
 A repo whose config.json names ``sweet_vit`` but holds a plain checkpoint (e.g. a materialized
 model pushed with ``timm.models.push_to_hf_hub``) is loaded as that checkpoint: nothing is
@@ -15,19 +15,20 @@ materialized a second time.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import VisionTransformer
 
-from .cache import cache_enabled, materialized_checkpoint
-from .config import TemplateConfig, timm_pretrained_cfg, vit_args
-from .errors import NotASweetTemplateError, SizeError, TemplateNotAvailableError
-from .hub import load_template, parse_template_config, resolve_template_files
+from .builder import SOURCE_KEYS, build_sweet_vit, build_vit
+from .cache import materialized_state_dict
+from .config import TemplateConfig, format_size, timm_pretrained_cfg
+from .errors import NotASweetTemplateError, TemplateNotAvailableError
+from .hub import resolve_template_config, resolve_template_files
+from .template import SweetTemplate
 
 __all__ = ["BUNDLED_TEMPLATE", "create_sweet_vit", "sweet_vit", "sweet_vit_base", "sweet_vit_small", "sweet_vit_tiny"]
 
@@ -35,15 +36,13 @@ _logger = logging.getLogger(__name__)
 
 #: the template shipped inside the package (Hub repo layout), default weights of every sweet_* model
 BUNDLED_TEMPLATE = Path(__file__).resolve().parent / "fmnist"
-_SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source")
 _IMPORT_HINT = "(sweet_* models exist in timm only after `import sweet_hub`)"
 
 
 def _bundled_cfg() -> dict[str, Any]:
     """Registry cfg of the bundled template; without one (a broken install) pretrained=True errors clearly."""
     try:
-        files = resolve_template_files(BUNDLED_TEMPLATE)
-        cfg = parse_template_config(files.config, str(BUNDLED_TEMPLATE))
+        cfg = resolve_template_config(BUNDLED_TEMPLATE).template_config
     except Exception as e:  # noqa: BLE001 - registry must import even when the bundled files are broken
         _logger.warning("Bundled SWEET template unavailable (%s); sweet_* models have no default weights.", e)
         return dict(num_classes=10, input_size=(1, 28, 28), first_conv="patch_embed.proj", classifier="head")
@@ -63,15 +62,12 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-# ---------------------------------------------------------------------------------------------
-
-
 def _overlay_replaces_source(overlay: dict[str, Any] | None) -> dict[str, Any] | None:
     """An overlay that names a weight source (hf_hub_id, file) replaces the registry's source
     instead of competing with it (timm would otherwise prefer the registry's ``file``)."""
-    if not overlay or not any(overlay.get(k) for k in _SOURCE_KEYS):
+    if not overlay or not any(overlay.get(k) for k in SOURCE_KEYS):
         return overlay
-    return {**{k: None for k in _SOURCE_KEYS}, **overlay}
+    return {**{k: None for k in SOURCE_KEYS}, **overlay}
 
 
 def _template_location(cfg: dict[str, Any]) -> str | None:
@@ -101,69 +97,32 @@ def create_sweet_vit(
             f"No template is configured for {variant}: pass pretrained_cfg_overlay=dict(hf_hub_id='org/template') "
             f"or use timm.create_model('hf-hub:org/template', ...) {_IMPORT_HINT}."
         )
-
-    if "embed_dim" in kwargs:
-        embed_dim = kwargs.pop("embed_dim")
-        if width is not None and width != embed_dim:
-            raise SizeError(f"width={width} and embed_dim={embed_dim} disagree; pass only width=.")
-        width = embed_dim
+    width = kwargs.pop("embed_dim") if width is None and "embed_dim" in kwargs else width
 
     try:
-        files = resolve_template_files(location, cache_dir=cache_dir, sizes=None) if location else None
+        resolve = resolve_template_files if pretrained else resolve_template_config
+        files = resolve(location, cache_dir=cache_dir) if location else None
     except NotASweetTemplateError:
         if not pretrained_model_args:
             raise
         # A plain checkpoint saved from a sweet_vit model (its config.json has full model_args):
         # timm loads it as it is, nothing is materialized.
-        return _build(variant, pretrained, cfg, pretrained_model_args=pretrained_model_args, embed_dim=width, depth=depth, **kwargs)
+        size = {k: v for k, v in (("depth", depth), ("embed_dim", width)) if v is not None}
+        return build_vit(variant, pretrained, cfg, pretrained_model_args=pretrained_model_args, **{**kwargs, **size})
 
-    tcfg = parse_template_config(files.config, files.source) if files else TemplateConfig()
-    default_depth, default_width = tcfg.largest_anchor
-    depth = default_depth if depth is None else depth
-    width = default_width if width is None else width
-    args = {**vit_args(tcfg, depth, width), **kwargs}
-    if args["num_heads"] * tcfg.head_dim != width or args.get("mlp_ratio", 4.0) != 4.0:
-        raise SizeError(f"num_heads/mlp_ratio are fixed by the template (head_dim={tcfg.head_dim}, mlp_ratio=4); set only depth= and width=.")
-    cfg.update(timm_pretrained_cfg(tcfg))
+    tcfg = files.template_config if files else TemplateConfig()
+    depth = tcfg.largest_anchor[0] if depth is None else depth
+    width = tcfg.largest_anchor[1] if width is None else width
     if not pretrained:
-        return _build(variant, False, cfg, **args)
+        return build_sweet_vit(tcfg, depth, width, variant=variant, **kwargs)
 
-    def build_state() -> dict[str, torch.Tensor]:
-        from .template import SweetTemplate
+    def materialize() -> dict[str, torch.Tensor]:
+        return SweetTemplate.from_files(files).state_dict_for(depth, width, dtype=torch.float32)
 
-        return load_template(SweetTemplate, files.source, files=files).state_dict_for(depth, width, dtype=torch.float32)
-
-    provenance = {k: cfg.get(k) for k in _SOURCE_KEYS if cfg.get(k) is not None}
-    if cache_enabled():
-        checkpoint, hit = materialized_checkpoint(files, depth, width, build_state)
-        _logger.info("%s d%d_w%d from %s (%s)", variant, depth, width, files.source, "cached" if hit else "materialized")
-        model = _build(variant, True, {**cfg, **{k: None for k in _SOURCE_KEYS}, "file": str(checkpoint)}, **args)
-    else:
-        with tempfile.TemporaryDirectory(prefix="sweet-hub-") as tmp:
-            checkpoint, _ = materialized_checkpoint(files, depth, width, build_state, directory=Path(tmp))
-            model = _build(variant, True, {**cfg, **{k: None for k in _SOURCE_KEYS}, "file": str(checkpoint)}, **args)
-    # keep where the weights really came from, not the cache path
-    model.pretrained_cfg = {**{k: v for k, v in model.pretrained_cfg.items() if k not in _SOURCE_KEYS}, **provenance}
-    model.default_cfg = model.pretrained_cfg
-    return model
-
-
-def _build(variant: str, pretrained: bool, cfg: dict[str, Any], **kwargs: Any) -> torch.nn.Module:
-    out_indices = kwargs.pop("out_indices", 3)
-    model_args = {k: v for k, v in kwargs.items() if k not in ("pretrained_model_args", "features_only", "feature_cls")}
-    model = build_model_with_cfg(
-        VisionTransformer,
-        variant,
-        pretrained,
-        pretrained_cfg=cfg,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
-    )
-    # full reconstruction arguments, so timm's save_for_hf/push_to_hf_hub record a rebuildable model
-    target = getattr(model, "model", model)
-    target._model_args = {k: v for k, v in model_args.items() if k not in ("drop_rate", "drop_path_rate")}
-    return model
+    state, hit = materialized_state_dict(files, depth, width, materialize)
+    _logger.info("%s %s from %s (%s)", variant, format_size(depth, width), files.source, "cached" if hit else "materialized")
+    provenance = {k: cfg.get(k) for k in SOURCE_KEYS if cfg.get(k) is not None}
+    return build_sweet_vit(tcfg, depth, width, state, variant=variant, provenance=provenance, **kwargs)
 
 
 def _sized(variant: str, depth: int | None, width: int | None):

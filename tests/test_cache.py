@@ -12,13 +12,13 @@ from sweet_hub.cache import cache_size, clear_cache
 
 def _count_builds(monkeypatch) -> list[int]:
     calls: list[int] = []
-    original = tm.load_template
+    original = tm.SweetTemplate.from_files.__func__
 
-    def counting(*args, **kwargs):
+    def counting(cls, *args, **kwargs):
         calls.append(1)
-        return original(*args, **kwargs)
+        return original(cls, *args, **kwargs)
 
-    monkeypatch.setattr(tm, "load_template", counting)
+    monkeypatch.setattr(tm.SweetTemplate, "from_files", classmethod(counting))
     return calls
 
 
@@ -60,3 +60,15 @@ def test_cache_can_be_disabled_and_cleared(template_dir, fresh_cache, monkeypatc
     count, size = cache_size()
     assert count == 1 and size > 0
     assert clear_cache() == size and cache_size() == (0, 0)
+
+
+def test_unwritable_cache_warns_and_still_loads(template_dir, tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SWEET_HUB_CACHE", str(blocked / "cache"))
+    import pytest
+
+    with pytest.warns(UserWarning, match="could not write the materialization cache"):
+        model = timm.create_model(f"local-dir:{template_dir}", depth=3, width=48, pretrained=True)
+    expected = SweetTemplate.from_pretrained(template_dir).materialize(3, 48)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))

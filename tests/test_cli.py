@@ -17,10 +17,10 @@ from sweet_hub.cli import main
 def test_info(template_dir, capsys):
     assert main(["info", str(template_dir)]) == 0
     out = capsys.readouterr().out
-    assert "SWEET template" in out and "d4_w64" in out and "anchor" in out
+    assert "SWEET template" in out and "4x64" in out and "anchor" in out
     assert main(["info", str(template_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["ranks"] == [8, 16, 16] and [s["size"] for s in info["sizes"]] == ["d2_w32", "d4_w64"]
+    assert info["ranks"] == [8, 16, 16] and [s["size"] for s in info["sizes"]] == ["2x32", "4x64"]
     model = timm.create_model(f"local-dir:{template_dir}", depth=4, width=64)
     assert info["sizes"][1]["model_params"] == sum(p.numel() for p in model.parameters())
 
@@ -33,7 +33,7 @@ def test_info_bundled(capsys):
 def test_materialize_reports_and_warms_the_cache(template_dir, fresh_cache, capsys):
     assert main(["materialize", str(template_dir), "--depth", "5", "--width", "80", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["scalers"] == "derived from d4_w64" and report["params"] > 0
+    assert report["scalers"] == "derived from 4x64" and report["params"] > 0
     assert len(list(fresh_cache.glob("*.safetensors"))) == 1
 
 
@@ -58,7 +58,7 @@ def test_bad_input_is_one_line_and_exit_2(template_dir, capsys):
 
 def test_console_script_is_installed(template_dir):
     result = subprocess.run([sys.executable, "-m", "sweet_hub.cli", "info", str(template_dir)], capture_output=True, text=True)
-    assert result.returncode == 0 and "d2_w32" in result.stdout
+    assert result.returncode == 0 and "2x32" in result.stdout
     # The console script sits next to the interpreter (venv bin/), which need not be on PATH.
     script = shutil.which("sweet-hub", path=str(Path(sys.executable).parent)) or shutil.which("sweet-hub")
     assert script, f"console script 'sweet-hub' not installed next to {sys.executable}"

@@ -18,7 +18,7 @@ from sweet_hub import (
     TemplateFileError,
     TemplateNotAvailableError,
 )
-from sweet_hub.hub import atomic_write, save_safetensors
+from sweet_hub.files import atomic_write, save_safetensors
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -193,12 +193,12 @@ def test_interrupted_write_keeps_the_old_file(tmp_path):
 
 def test_interrupted_save_pretrained_keeps_previous_template(template_dir, monkeypatch):
     before = _snapshot(template_dir)
-    from sweet_hub import hub
+    from sweet_hub import files
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(hub, "save_file", boom)
+    monkeypatch.setattr(files, "save_file", boom)
     other = SweetTemplate(head_dim=16, ranks=(8, 16, 16), vector_rank=4, anchors=[(2, 32), (4, 64)])
     with pytest.raises(OSError, match="disk full"):
         other.save_pretrained(template_dir)

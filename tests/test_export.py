@@ -58,3 +58,12 @@ def test_export_of_a_timm_created_model_drops_sweet_only_args(template_dir, tmp_
     assert "width" not in args and args["embed_dim"] == 32
     reloaded = timm.create_model(f"local-dir:{tmp_path / 'export'}", pretrained=True)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+
+
+def test_export_card_links_the_template_repo(tiny_template, tmp_path):
+    from huggingface_hub import ModelCard
+
+    export_timm(tiny_template.materialize(3, 48), tmp_path / "e", provenance={"template": "org/tmpl", "scalers": "derived"})
+    card = ModelCard.load(tmp_path / "e" / "README.md")
+    assert card.data.library_name == "timm" and card.data.base_model == "org/tmpl"
+    assert "3x48" in card.text

@@ -168,3 +168,11 @@ def test_push_uses_the_token(hub, tiny_template, monkeypatch):
         assert private.commits[-1][0] == "org/private-template"
     finally:
         private.stop()
+
+
+def test_pretrained_false_downloads_config_json_only(hub, template_dir, hf_cache):
+    sha = hub.add_repo("org/tmpl-config-only", template_dir)
+    model = timm.create_model("hf-hub:org/tmpl-config-only", depth=3, width=48, pretrained=False, cache_dir=hf_cache)
+    assert model.blocks[0].attn.num_heads == 3  # the template's head_dim (16), from config.json
+    snapshot = hf_cache / "models--org--tmpl-config-only" / "snapshots" / sha
+    assert sorted(p.name for p in snapshot.rglob("*") if p.is_file()) == ["config.json"]

@@ -7,9 +7,10 @@ import torch
 from conftest import TINY, make_template
 from timm.models.vision_transformer import VisionTransformer
 
+import sweet_hub
 from sweet_hub import SweetTemplate, derive_scalers, materialize_state_dict
 from sweet_hub.config import TemplateConfig, vit_args
-from sweet_hub.template import _tucker_blocks, init_cores, init_scalers, materialize_flops, resample_rows
+from sweet_hub.tucker import _tucker_blocks, init_cores, init_scalers, materialize_flops, resample_rows
 
 
 @pytest.mark.parametrize("depth,width", [(2, 32), (4, 64), (1, 16), (3, 48), (7, 112), (9, 160)])
@@ -69,7 +70,7 @@ def test_derived_sizes_deeper_and_wider_than_every_anchor(tiny_template):
     model = tiny_template.materialize(depth=9, width=160)
     assert isinstance(model, VisionTransformer)
     assert len(model.blocks) == 9 and model.embed_dim == 160 and model.blocks[0].attn.num_heads == 10
-    assert tiny_template.scaler_source(9, 160) == "derived from d4_w64"
+    assert tiny_template.scaler_source(9, 160) == "derived from 4x64"
     out = model(torch.randn(2, 1, 28, 28))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
@@ -101,11 +102,13 @@ def test_resample_rows_keeps_ends_and_interpolates():
     assert torch.equal(resample_rows(t, 5), t)
 
 
-def test_init_gives_unit_scale_features_at_every_width(tiny_template):
-    """Random templates behave like timm's random init: pre-logit features at unit scale."""
+def test_init_gives_unit_scale_features_at_every_width():
+    """Random templates behave like timm's random init: pre-logit features at unit scale
+    (class-token pooling: a mean over tokens shrinks with their correlation, not with the init)."""
     x = torch.randn(8, 1, 28, 28)
+    template = make_template(global_pool="token")
     for depth, width in [(2, 32), (4, 64), (6, 256), (2, 512)]:
-        model = tiny_template.materialize(depth, width)
+        model = template.materialize(depth, width)
         feats = model.forward_head(model.forward_features(x), pre_logits=True)
         assert 0.5 < feats.std().item() < 2.0
     big = make_template(anchors=[(2, 32), (4, 512)])  # anchor: stored random scalers, var 1/(2D) by design
@@ -169,8 +172,31 @@ def test_template_round_trip(template_dir, tiny_template):
             assert torch.equal(loaded.scalers[name][k], tiny_template.scalers[name][k])
     assert sorted(p.name for p in template_dir.iterdir()) == ["README.md", "config.json", "scalers", "template.safetensors"]
     card = (template_dir / "README.md").read_text()
-    assert "library_name: sweet-hub" in card and "d4_w64" in card
+    assert "library_name: sweet-hub" in card and "4x64" in card
 
 
 def test_different_seeds_differ():
     assert not torch.equal(make_template(0).cores["G"], make_template(1).cores["G"])
+
+
+def test_model_card_kwargs_reach_the_card_and_stale_scalers_are_removed(tmp_path):
+    template = make_template()
+    template.add_scalers(3, 48, template.scalers_for(3, 48), source="learned")
+    template.save_pretrained(tmp_path / "t", model_card_kwargs={"repo_id": "me/x"})
+    card = (tmp_path / "t" / "README.md").read_text()
+    assert 'hf-hub:me/x"' in card and "<org>/<template-repo>" not in card
+    assert (tmp_path / "t" / "scalers" / "d3_w48.safetensors").is_file()
+    make_template().save_pretrained(tmp_path / "t")  # the same anchors, no learned 3x48
+    assert not (tmp_path / "t" / "scalers" / "d3_w48.safetensors").exists()
+    assert SweetTemplate.from_pretrained(tmp_path / "t").sizes == [(2, 32), (4, 64)]
+
+
+def test_template_takes_a_config_or_fields():
+    cfg = TemplateConfig(**TINY)
+    assert SweetTemplate(cfg).config == cfg == SweetTemplate(**TINY).config
+    assert SweetTemplate(cfg, num_classes=3).config.num_classes == 3
+    with pytest.raises(sweet_hub.TemplateConfigError, match="Unknown template config field"):
+        SweetTemplate(rank=(1, 2, 3))
+    assert sweet_hub.parse_size(sweet_hub.format_size(8, 192)) == (8, 192) == sweet_hub.parse_size("d8_w192")
+    with pytest.raises(sweet_hub.SizeError, match="8x192"):
+        sweet_hub.parse_size("8 by 192")

@@ -100,7 +100,7 @@ def test_plain_checkpoint_saved_from_sweet_vit_is_not_materialized_again(templat
     def fail(*args, **kwargs):
         raise AssertionError("materialized a plain checkpoint")
 
-    monkeypatch.setattr(tm, "materialized_checkpoint", fail)
+    monkeypatch.setattr(tm, "materialized_state_dict", fail)
     reloaded = timm.create_model(f"local-dir:{tmp_path / 'saved'}", pretrained=True)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
 

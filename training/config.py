@@ -1,94 +1,146 @@
-"""Training config: defaults, a YAML file, and ``key=value`` overrides, validated in one place.
+"""Training config: typed dataclasses, filled from a YAML file and ``key=value`` overrides.
 
-Unknown keys are errors (a typo must not silently train with a default), and the message lists
-the keys that exist.
+``TrainConfig`` lists every setting once, with its type, default and help text (shown by
+``python training/pretrain.py --help``). Unknown keys are errors (a typo must not silently train
+with a default), and the message lists the keys that exist. The ``template`` section holds
+:class:`sweet_hub.TemplateConfig` fields over that class's defaults; :meth:`TrainConfig.template_config`
+is the one place training turns it into a ``TemplateConfig``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "set_cpu_threads"]
+from sweet_hub import TemplateConfig, TemplateConfigError
+
+__all__ = ["ConfigError", "EvalSettings", "PoaSettings", "TrainConfig", "config_help", "load_config", "set_cpu_threads"]
 
 
 class ConfigError(ValueError):
     """A training config is wrong; the message names the key and the fix."""
 
 
-DEFAULTS: dict[str, Any] = {
-    "method": "sweet",                 # sweet | poa | single
-    "title": None,                     # model card title
-    "output_dir": "out/fmnist",
-    "data": "fashion_mnist",           # fashion_mnist | imagefolder:PATH | Hub dataset id
-    "num_images": None,                # use a random subset of the training split
-    "seed": 0,
-    "template": {                      # SweetTemplate arguments (also the architecture of poa/single)
-        "img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "head_dim": 32,
-        "ranks": [48, 128, 128], "vector_rank": 16,
-        "anchors": [[4, 64], [6, 128], [8, 192]],
-        "mean": [0.2860], "std": [0.3530], "global_pool": "avg",  # avg measured +2-5 k-NN over token (CHANGELOG)
-        "depth_rescale": True, "width_rescale": False,
-        "label_names": None,
-    },
-    "size": [8, 192],                  # [depth, width] of method=single and of POA's full network
-    "poa": {"elastic_widths": None, "elastic_depths": None, "small_bias": 1.0,
-            "intact_weight": 0.8, "elastic_weight": 0.2, "distill_weight": 1.0},
-    # optimization
-    "max_steps": 3000,
-    "time_budget_minutes": None,       # stop after this much training time; the schedules follow elapsed time
-    "batch_size": 256,                 # images per optimizer step, over all processes
-    "grad_accum": 1,
-    "lr": 1.0e-3,
-    "min_lr": 1.0e-5,
-    "warmup_steps": 200,
-    "weight_decay": 0.05,
-    "clip_grad": 3.0,
-    "mixed_precision": None,           # None: the launcher decides; "no" | "bf16"
-    "num_threads": None,               # torch CPU threads per process; None: cores / processes
-                                       # (accelerate launch --cpu otherwise leaves 1 thread per process)
-    # self-supervision
-    "temperature": 0.2,
-    "teacher": "none",                 # none (SimCLR-style) | ema (MoCo-v3-style targets)
-    "ema_momentum": 0.996,
-    "export_ema": False,
-    "proj_hidden": 512,
-    "proj_dim": 128,
-    "n_global": 2,
-    "n_local": 2,
-    "local_size": 14,
-    "global_scale": [0.35, 1.0],
-    "local_scale": [0.1, 0.35],
-    "jitter": 0.4,
-    "width_scaling_p": 0.5,            # width-wise stochastic scaling
-    "width_scaling_max": None,         # largest stochastic width (None: the largest anchor width)
-    "anchor_weights": None,            # sampling weight per anchor (None: uniform)
-    "depth_scaling_p": 0.0,
-    # bookkeeping
-    "save_every": 250,
-    "save_total_limit": 2,
-    "log_every": 10,
-    "log_with": "none",                # none | tensorboard (the CSV log is always written)
-    # holdout: query images come from the train split (disjoint from the k-NN memory), for choosing a recipe
-    # without looking at the test images
-    "final_eval": {"sizes": [], "train_size": 5000, "test_size": 2000, "random_init": True, "raw_pixels": True, "holdout": False,
-                   "probe": False},
-}
+def _opt(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a help text (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
 
-_CHOICES = {"method": ("sweet", "poa", "single"), "teacher": ("none", "ema"), "mixed_precision": (None, "no", "bf16", "fp16"),
-            "log_with": ("none", "tensorboard")}
+
+@dataclass
+class PoaSettings:
+    """The POA baseline: elastic sub-networks of one full ViT (training/poa.py)."""
+
+    elastic_widths: list[int] | None = _opt(None, "widths of the elastic student (None: full/3 .. full, step head_dim)")
+    elastic_depths: list[int] | None = _opt(None, "depths of the elastic student (None: full/2 .. full)")
+    small_bias: float = _opt(1.0, "sampling weight ~ (depth * width^2)^-small_bias: more steps on small networks")
+    intact_weight: float = _opt(0.8, "loss weight teacher -> intact student")
+    elastic_weight: float = _opt(0.2, "loss weight teacher -> elastic student")
+    distill_weight: float = _opt(1.0, "loss weight intact -> elastic student")
+
+
+@dataclass
+class EvalSettings:
+    """k-NN evaluation after pre-training (training/report.py)."""
+
+    sizes: list[list[int]] | None = _opt([], "extra [depth, width] sizes to evaluate (null: no evaluation at all)")
+    train_size: int = _opt(5000, "k-NN memory images (train split)")
+    test_size: int = _opt(2000, "query images (test split, or held-out train images with holdout)")
+    random_init: bool = _opt(True, "also evaluate timm's random init of each size")
+    raw_pixels: bool = _opt(True, "also evaluate pixels (raw, centred, linear probe)")
+    holdout: bool = _opt(False, "queries from held-out train images: a validation protocol for choosing recipes")
+    probe: bool = _opt(False, "also fit a linear probe on the frozen features")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a pre-training run (SWEET, POA or per-size)."""
+
+    method: str = _opt("sweet", "sweet | poa | single (per-size pre-training)")
+    title: str | None = _opt(None, "model card title")
+    output_dir: str = _opt("out/fmnist", "checkpoints, logs and the artefact")
+    data: str = _opt("fashion_mnist", "fashion_mnist | imagefolder:PATH | a Hub dataset id")
+    num_images: int | None = _opt(None, "use a random subset of the training split")
+    seed: int = _opt(0, "seed of batches, augmentations and init")
+    template: dict[str, Any] = _opt({}, "sweet_hub.TemplateConfig fields over its defaults (also the architecture of poa/single)")
+    size: list[int] = _opt([8, 192], "[depth, width] of method=single and of POA's full network")
+    poa: PoaSettings = field(default_factory=PoaSettings, metadata={"help": "POA settings"})
+    # optimization
+    max_steps: int = _opt(3000, "optimizer steps")
+    time_budget_minutes: float | None = _opt(None, "stop after this much training time; schedules then follow elapsed time")
+    batch_size: int = _opt(256, "images per optimizer step, over all processes")
+    grad_accum: int = _opt(1, "micro-batches per step")
+    lr: float = _opt(1.0e-3, "peak AdamW learning rate")
+    min_lr: float = _opt(1.0e-5, "final learning rate of the cosine schedule")
+    warmup_steps: int = _opt(200, "linear warmup steps")
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not on biases, norms and 1-d parameters)")
+    clip_grad: float = _opt(3.0, "gradient norm clipping (0: off)")
+    mixed_precision: str | None = _opt(None, "None: the launcher decides; no | bf16 (fp16 is a no-op on CPU)")
+    num_threads: int | None = _opt(None, "torch CPU threads per process (None: cores / processes)")
+    # self-supervision
+    temperature: float = _opt(0.2, "InfoNCE temperature")
+    teacher: str = _opt("none", "none (SimCLR-style targets) | ema (MoCo-v3-style EMA teacher)")
+    ema_momentum: float = _opt(0.996, "initial EMA momentum (cosine to 1)")
+    export_ema: bool = _opt(False, "save the EMA teacher instead of the student")
+    proj_hidden: int = _opt(512, "projection head hidden width")
+    proj_dim: int = _opt(128, "projection head output width")
+    n_global: int = _opt(2, "global crops per image")
+    n_local: int = _opt(2, "local crops per image")
+    local_size: int = _opt(14, "local crop side (pixels)")
+    global_scale: list[float] = _opt([0.35, 1.0], "RandomResizedCrop area range of global crops")
+    local_scale: list[float] = _opt([0.1, 0.35], "RandomResizedCrop area range of local crops")
+    jitter: float = _opt(0.4, "brightness/contrast jitter")
+    width_scaling_p: float = _opt(0.5, "width-wise stochastic scaling: probability of a random width per step")
+    width_scaling_max: int | None = _opt(None, "largest stochastic width (None: the largest anchor width)")
+    depth_scaling_p: float = _opt(0.0, "probability of a random depth between the anchors' per step")
+    anchor_weights: list[float] | None = _opt(None, "sampling weight per anchor (None: uniform)")
+    # bookkeeping
+    save_every: int = _opt(250, "checkpoint every N steps")
+    save_total_limit: int = _opt(2, "checkpoints kept")
+    log_every: int = _opt(10, "log every N steps (the CSV log is always written)")
+    log_with: str = _opt("none", "none | all | an Accelerate tracker (tensorboard, wandb, mlflow, ...)")
+    final_eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "evaluation after training"})
+
+    def template_config(self, anchors: list[tuple[int, int]] | None = None) -> TemplateConfig:
+        """The run's TemplateConfig (``anchors`` replaces the template's, e.g. the single size of a baseline)."""
+        fields = dict(self.template)
+        if anchors is not None:
+            fields["anchors"] = anchors
+        try:
+            return TemplateConfig.build(fields)
+        except TemplateConfigError as e:
+            raise ConfigError(f"template: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {"method": ("sweet", "poa", "single"), "teacher": ("none", "ema"), "mixed_precision": (None, "no", "bf16", "fp16")}
 _POSITIVE_INTS = ("max_steps", "batch_size", "grad_accum", "save_every", "save_total_limit", "log_every", "n_global", "local_size")
+_FLOATS = ("lr", "min_lr", "weight_decay", "clip_grad", "temperature", "ema_momentum", "jitter", "width_scaling_p", "depth_scaling_p")
+_SECTIONS = {"poa": PoaSettings, "final_eval": EvalSettings}
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], where: str) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in update.items():
+        if where == "template.":  # TemplateConfig validates its own fields
+            if key not in TemplateConfig.field_names():
+                raise ConfigError(f"Unknown config key 'template.{key}'. Valid keys here: {', '.join(TemplateConfig.field_names())}.")
+            out[key] = value
+            continue
         if key not in base:
             raise ConfigError(f"Unknown config key '{where}{key}'. Valid keys here: {', '.join(sorted(base))}.")
-        if isinstance(base[key], dict) and isinstance(value, dict) and key not in ("final_eval",):
+        if key == "final_eval" and value is None:  # `final_eval: null`: no evaluation
+            out[key] = {**base[key], "sizes": None}
+        elif isinstance(base[key], dict) and isinstance(value, dict):
             out[key] = _merge(base[key], value, f"{where}{key}.")
         else:
             out[key] = value
@@ -108,9 +160,9 @@ def _parse_override(text: str) -> dict[str, Any]:
     return value
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """DEFAULTS <- YAML file <- overrides, then validated."""
-    cfg = copy.deepcopy(DEFAULTS)
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides, then validated."""
+    data = TrainConfig().to_dict()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -121,60 +173,78 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"Config file '{path}' is not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"Config file '{path}' must hold a mapping of settings.")
-        cfg = _merge(cfg, loaded, "")
+        data = _merge(data, loaded, "")
     for text in overrides or []:
-        cfg = _merge(cfg, _parse_override(text), "")
+        data = _merge(data, _parse_override(text), "")
+    for key in ("poa", "final_eval", "template"):
+        if not isinstance(data[key], dict):
+            raise ConfigError(f"{key} must be a mapping of settings, got {data[key]!r}.")
+    cfg = TrainConfig(**{k: v for k, v in data.items() if k not in _SECTIONS},
+                      **{k: cls(**data[k]) for k, cls in _SECTIONS.items()})
     _validate(cfg)
     return cfg
 
 
-_FLOATS = ("lr", "min_lr", "weight_decay", "clip_grad", "temperature", "ema_momentum", "jitter", "width_scaling_p", "depth_scaling_p")
-
-
-def _validate(cfg: dict[str, Any]) -> None:
+def _validate(cfg: TrainConfig) -> None:
     for key in _FLOATS:  # YAML reads 1e-4 (no dot) as a string
         try:
-            cfg[key] = float(cfg[key])
+            setattr(cfg, key, float(getattr(cfg, key)))
         except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be a number, got {cfg[key]!r}.") from None
+            raise ConfigError(f"{key} must be a number, got {getattr(cfg, key)!r}.") from None
     for key, choices in _CHOICES.items():
-        if cfg[key] not in choices:
-            raise ConfigError(f"{key}={cfg[key]!r} is not one of {choices}.")
+        if getattr(cfg, key) not in choices:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r} is not one of {choices}.")
+    trackers = _tracker_names()
+    if cfg.log_with not in ("none", "all", *trackers):
+        raise ConfigError(f"log_with={cfg.log_with!r} is not 'none', 'all' or an Accelerate tracker ({', '.join(trackers)}).")
     for key in _POSITIVE_INTS:
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}.")
-    if cfg["batch_size"] % cfg["grad_accum"]:
-        raise ConfigError(f"batch_size={cfg['batch_size']} must be divisible by grad_accum={cfg['grad_accum']}.")
-    if not 0 <= cfg["width_scaling_p"] <= 1 or not 0 <= cfg["depth_scaling_p"] <= 1:
+        value = getattr(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}.")
+    if cfg.batch_size % cfg.grad_accum:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}.")
+    if not 0 <= cfg.width_scaling_p <= 1 or not 0 <= cfg.depth_scaling_p <= 1:
         raise ConfigError("width_scaling_p and depth_scaling_p are probabilities in [0, 1].")
-    if cfg["temperature"] <= 0:
-        raise ConfigError(f"temperature must be > 0, got {cfg['temperature']}.")
-    budget = cfg["time_budget_minutes"]
+    if cfg.temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {cfg.temperature}.")
+    budget = cfg.time_budget_minutes
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ConfigError(f"time_budget_minutes must be a positive number of minutes or null, got {budget!r}.")
-    anchors = cfg["template"]["anchors"]
-    weights = cfg["anchor_weights"]
-    if weights is not None and (not isinstance(weights, list) or len(weights) != len(anchors)
+    if not (isinstance(cfg.size, list) and len(cfg.size) == 2):
+        raise ConfigError(f"size must be [depth, width], got {cfg.size!r}.")
+    tcfg = cfg.template_config()
+    weights = cfg.anchor_weights
+    if weights is not None and (not isinstance(weights, list) or len(weights) != len(tcfg.anchors)
                                 or not all(isinstance(w, (int, float)) and w >= 0 for w in weights) or not sum(weights)):
-        raise ConfigError(f"anchor_weights must list one non-negative weight per anchor ({len(anchors)}), got {weights!r}.")
-    wmax = cfg["width_scaling_max"]
-    if wmax is not None and (not isinstance(wmax, int) or wmax < max(w for _, w in anchors)):
+        raise ConfigError(f"anchor_weights must list one non-negative weight per anchor ({len(tcfg.anchors)}), got {weights!r}.")
+    wmax = cfg.width_scaling_max
+    if wmax is not None and (not isinstance(wmax, int) or wmax < max(w for _, w in tcfg.anchors)):
         raise ConfigError(f"width_scaling_max must be an integer >= the largest anchor width, got {wmax!r}.")
-    if not (isinstance(cfg["size"], list) and len(cfg["size"]) == 2):
-        raise ConfigError(f"size must be [depth, width], got {cfg['size']!r}.")
-    from sweet_hub import TemplateConfig, TemplateConfigError
 
-    try:
-        TemplateConfig(**{**cfg["template"], "anchors": [tuple(a) for a in cfg["template"]["anchors"]]})
-    except (TemplateConfigError, TypeError) as e:
-        raise ConfigError(f"template: {e}") from None
+
+def _tracker_names() -> list[str]:
+    from accelerate.utils import LoggerType
+
+    return sorted(t.value for t in LoggerType if t.value != "all")
+
+
+def config_help() -> str:
+    """Every setting with its type, default and help (the epilog of ``pretrain.py --help``)."""
+    lines = ["settings (key=value; nested keys dotted, e.g. template.ranks=[96,192,192] final_eval.probe=true):"]
+    for cls, prefix in ((TrainConfig, ""), (PoaSettings, "poa."), (EvalSettings, "final_eval.")):
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            if f.name in _SECTIONS:
+                continue
+            default = getattr(defaults, f.name)
+            lines.append(f"  {prefix + f.name:<24} {f.metadata.get('help', '')} [default: {default!r}]")
+    lines.append(f"  template.<field>         one of: {', '.join(TemplateConfig.field_names())} (defaults: sweet_hub.TemplateConfig)")
+    return "\n".join(lines)
 
 
 def set_cpu_threads(accelerator, requested: int | None = None) -> int:
     """Give each process its share of the CPU cores: ``accelerate launch --cpu`` leaves one
     thread per process, which halved throughput on a 2-core machine (measured)."""
-    import os
-
     import torch
 
     if accelerator.device.type == "cpu":

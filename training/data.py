@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torchvision.transforms import v2
+
+from sweet_hub.files import save_safetensors
 
 __all__ = [
     "FMNIST_DIR",
@@ -189,10 +191,7 @@ def load_image_tensors(spec: str, split: str, img_size: int, in_chans: int, imag
     tensors = {"images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()}
     if label_column in dataset.column_names:
         tensors["labels"] = torch.tensor(dataset[label_column], dtype=torch.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file(tensors, tmp)
-    os.replace(tmp, path)
+    save_safetensors(tensors, path)
     return ImageTensors(tensors["images"], tensors.get("labels"), name)
 
 

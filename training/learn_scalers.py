@@ -29,8 +29,7 @@ from torch.func import functional_call
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweet_hub import SweetHubError, SweetTemplate, materialize_state_dict
-from sweet_hub.config import vit_args
-from sweet_hub.hub import add_scaler_file
+from sweet_hub.config import format_size, size_key, vit_args
 from training.config import set_cpu_threads
 from training.data import DataError, MultiCropAugment, load_image_tensors, normalize
 from training.selfsup import cosine_schedule
@@ -110,14 +109,18 @@ def learn_scalers(template: SweetTemplate, depth: int, width: int, images: Tenso
         student, optimizer = accelerator.prepare(student, optimizer)
     raw = student if accelerator is None else accelerator.unwrap_model(student)
     before = distillation_loss(raw, clean)
-    generator = torch.Generator().manual_seed(seed)
+    # under `accelerate launch` every process draws its own share of the batch (rank 0 alone
+    # draws exactly what a single process draws)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    per_process = max(1, min(batch_size, len(images)) // world)
+    generator = torch.Generator().manual_seed(seed + 1_000_003 * rank)
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"learn scalers d{depth}_w{width}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(steps), desc=f"learn scalers {format_size(depth, width)}", disable=not progress, dynamic_ncols=True)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = cosine_schedule(step, steps, max(1, steps // 10), lr, lr * 0.01)
-        index = torch.randint(len(images), (min(batch_size, len(images)),), generator=generator)
-        (views,), _ = augment(images[index], seed * 1_000_003 + step)
+        index = torch.randint(len(images), (per_process,), generator=generator)
+        (views,), _ = augment(images[index], seed * 1_000_003 + step + 7_919 * rank)
         loss = student(views)
         optimizer.zero_grad(set_to_none=True)
         loss.backward() if accelerator is None else accelerator.backward(loss)
@@ -126,7 +129,7 @@ def learn_scalers(template: SweetTemplate, depth: int, width: int, images: Tenso
     seconds = time.perf_counter() - start
     after = distillation_loss(raw, clean)
     facts = {"images": len(images), "steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1),
-             "teacher": f"d{raw.teacher_size[0]}_w{raw.teacher_size[1]}",
+             "teacher": format_size(*raw.teacher_size),
              "distill_loss_before": round(before, 5), "distill_loss_after": round(after, 5)}
     template.add_scalers(depth, width, {k: v.detach() for k, v in raw.scalers.items()}, source="learned", **facts)
     return facts
@@ -164,9 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     facts = learn_scalers(template, args.depth, args.width, data.images, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, accelerator=accelerator, progress=accelerator.is_local_main_process)
     facts["data"] = f"{args.data} train, {len(data)} images, no labels"
-    template.scaler_info[f"d{args.depth}_w{args.width}"]["data"] = facts["data"]
+    template.scaler_info[size_key(args.depth, args.width)]["data"] = facts["data"]
     if accelerator.is_main_process:
-        path = add_scaler_file(template, folder, args.depth, args.width)
+        path = template.save_scalers(folder, args.depth, args.width)
         print(json.dumps({"scaler_file": str(path), **facts}, indent=2))
     return facts
 

@@ -1,7 +1,9 @@
 """What is being pre-trained: one module per method, all trained by the same loop (pretrain.py).
 
-Each method maps a batch of views to student embeddings (``forward``), can give teacher
-targets (``embed_targets``, used on its EMA copy), and turns into its artefact (``export``).
+Every method follows :class:`PretrainMethod`: it samples the size a step trains, maps a batch of
+views to the shared contrastive loss (``forward``), gives teacher targets (``embed_targets``,
+used on its EMA copy), builds the model of a size for evaluation (``model_for``) and writes its
+artefact (``save_artefact``).
 
 - ``SweetMethod``: the SWEET template. Each step samples an anchor size, optionally replaces its
   width (and depth) by a random one whose scalers are resampled from the anchor's (width-wise
@@ -18,7 +20,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import timm
 import torch
@@ -28,7 +30,7 @@ from sweet_hub import SweetTemplate, derive_scalers, export_timm, materialize_st
 from sweet_hub.config import vit_args
 from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_features
 
-__all__ = ["SingleMethod", "SizeChoice", "SweetMethod", "student_loss"]
+__all__ = ["PretrainMethod", "SingleMethod", "SizeChoice", "SweetMethod", "student_loss"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,34 @@ class SizeChoice:
     @property
     def stochastic(self) -> bool:
         return (self.depth, self.width) != self.anchor
+
+
+@runtime_checkable
+class PretrainMethod(Protocol):
+    """What pretrain.py needs of a method (SWEET, POA, per-size); each is an ``nn.Module``."""
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """The sizes the method stores (evaluated after training)."""
+
+    def sample_size(self, rng: random.Random) -> SizeChoice:
+        """The size one step trains (a pure function of ``rng``, so resumes replay it)."""
+
+    def __call__(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
+                 targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
+        """The contrastive loss of the student at ``size`` (targets: an EMA teacher's, or None)."""
+
+    def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
+        """Teacher targets of the global views (called on the EMA copy)."""
+
+    def model_for(self, depth: int, width: int) -> nn.Module | None:
+        """A timm model of (depth, width), or None if the method cannot produce that size."""
+
+    def describe_size(self, depth: int, width: int) -> str:
+        """Where the weights of (depth, width) come from, for reports."""
+
+    def save_artefact(self, output_dir: Path, card_info: dict[str, Any]) -> Path:
+        """Write what the method produces (a template folder, a timm repo folder)."""
 
 
 class SweetMethod(nn.Module):
@@ -86,7 +116,7 @@ class SweetMethod(nn.Module):
         return SizeChoice(anchor, depth, width)
 
     def _scalers(self, size: SizeChoice) -> dict[str, Tensor]:
-        anchor = dict(self.template.scalers[f"d{size.anchor[0]}_w{size.anchor[1]}"].items())
+        anchor = self.template.stored_scalers(*size.anchor)
         if not size.stochastic:
             return anchor
         cfg = self.template.config
@@ -110,9 +140,6 @@ class SweetMethod(nn.Module):
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
         size = SizeChoice(self.teacher_size, *self.teacher_size)
         return _split_embed(lambda groups: self.embed(size, groups), global_views, [])
-
-    def export(self) -> SweetTemplate:
-        return self.template
 
     def model_for(self, depth: int, width: int) -> nn.Module:
         return self.template.materialize(depth, width)
@@ -157,9 +184,6 @@ class SingleMethod(nn.Module):
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
         return _split_embed(self._embed, global_views, [])
-
-    def export(self) -> nn.Module:
-        return self.vit
 
     def model_for(self, depth: int, width: int) -> nn.Module | None:
         return copy.deepcopy(self.vit).eval() if (depth, width) == self.size else None

@@ -15,7 +15,6 @@ larger pre-trained model, no rescaling).
 
 from __future__ import annotations
 
-import copy
 import random
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from sweet_hub import export_timm
+from sweet_hub.export import vit_model_args
+from training.config import PoaSettings
 from training.methods import SizeChoice, _split_embed
 from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_features
 
@@ -82,8 +83,7 @@ def extract_vit(model: nn.Module, depth: int, width: int, head_dim: int, rescale
     state = slice_state_dict({k: v.detach() for k, v in model.state_dict().items()}, depth, width, rescale)
     if state is None:
         return None
-    args = {**model._model_args, "depth": depth, "embed_dim": width, "num_heads": width // head_dim, "num_classes": model.num_classes}
-    args.pop("dynamic_img_size", None)
+    args = {**vit_model_args(model), "depth": depth, "embed_dim": width, "num_heads": width // head_dim, "num_classes": model.num_classes}
     sub = timm.create_model("vit_base_patch16_224", pretrained=False, pretrained_cfg_overlay=dict(model.pretrained_cfg), **args)
     sub.load_state_dict({k: v.clone() for k, v in state.items()})
     return sub.eval()
@@ -92,22 +92,21 @@ def extract_vit(model: nn.Module, depth: int, width: int, head_dim: int, rescale
 class POAMethod(nn.Module):
     """Full ViT + projection head; elastic sub-networks are slices of it (see module docstring)."""
 
-    def __init__(self, model_kwargs: dict[str, Any], poa_cfg: dict[str, Any], proj_hidden: int = 512, proj_dim: int = 128,
+    def __init__(self, model_kwargs: dict[str, Any], poa_cfg: PoaSettings, proj_hidden: int = 512, proj_dim: int = 128,
                  pretrained_cfg: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.vit = timm.create_model("vit_base_patch16_224", pretrained=False, dynamic_img_size=True,
                                      pretrained_cfg_overlay=pretrained_cfg, **model_kwargs)
-        self.vit._model_args = dict(model_kwargs)
         self.head_dim = model_kwargs["embed_dim"] // model_kwargs["num_heads"]
         self.full = (model_kwargs["depth"], model_kwargs["embed_dim"])
         self.head = ProjectionHead(self.full[1], proj_hidden, proj_dim)
         self.runner = FunctionalViT(model_kwargs)
-        depths = poa_cfg["elastic_depths"] or list(range(max(1, self.full[0] // 2), self.full[0] + 1))
-        widths = poa_cfg["elastic_widths"] or list(range(max(self.head_dim, self.full[1] // 3), self.full[1] + 1, self.head_dim))
+        depths = poa_cfg.elastic_depths or list(range(max(1, self.full[0] // 2), self.full[0] + 1))
+        widths = poa_cfg.elastic_widths or list(range(max(self.head_dim, self.full[1] // 3), self.full[1] + 1, self.head_dim))
         self.elastic_sizes = [(d, w) for d in depths for w in widths if (d, w) != self.full]
         # smaller networks are sampled more often: weight ~ params^-small_bias
-        self.elastic_weights = [(d * w * w) ** -poa_cfg["small_bias"] for d, w in self.elastic_sizes]
-        self.weights = (poa_cfg["intact_weight"], poa_cfg["elastic_weight"], poa_cfg["distill_weight"])
+        self.elastic_weights = [(d * w * w) ** -poa_cfg.small_bias for d, w in self.elastic_sizes]
+        self.weights = (poa_cfg.intact_weight, poa_cfg.elastic_weight, poa_cfg.distill_weight)
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -151,10 +150,5 @@ class POAMethod(nn.Module):
     def describe_size(self, depth: int, width: int) -> str:
         return "POA full network" if (depth, width) == self.full else "POA extraction"
 
-    def export(self) -> nn.Module:
-        return self.vit
-
     def save_artefact(self, output_dir: Path, card_info: dict[str, Any]) -> Path:
-        model = copy.deepcopy(self.vit)
-        model._model_args = {k: v for k, v in self.vit._model_args.items()}
-        return export_timm(model, output_dir / "poa", provenance={"pre-training": "POA (elastic sub-networks)"})
+        return export_timm(self.vit, output_dir / "poa", provenance={"pre-training": "POA (elastic sub-networks)"})

@@ -34,11 +34,14 @@ from typing import Any
 
 import torch
 import yaml
+from timm.optim import param_groups_weight_decay
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.config import ConfigError, load_config, set_cpu_threads
+from sweet_hub.files import write_text
+from training.config import ConfigError, TrainConfig, config_help, load_config, set_cpu_threads
 from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors
+from training.methods import PretrainMethod
 from training.selfsup import EMATeacher, cosine_schedule
 
 
@@ -47,7 +50,7 @@ class TrainState:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.step, self.images_seen, self.train_seconds = 0, 0, 0.0
-        self.config = config
+        self.config = config  # TrainConfig.to_dict(): what a resume must match
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
@@ -72,21 +75,20 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 1024 + micro * 16 + rank
 
 
-def build_method(cfg: dict[str, Any]) -> torch.nn.Module:
+def build_method(cfg: TrainConfig) -> PretrainMethod:
     """The module being trained, from the config's ``method``."""
-    method = cfg["method"]
-    head = dict(proj_hidden=cfg["proj_hidden"], proj_dim=cfg["proj_dim"])
+    method = cfg.method
+    head = dict(proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim)
     if method == "sweet":
         from sweet_hub import SweetTemplate
         from training.methods import SweetMethod
 
-        template = SweetTemplate(**cfg["template"])
-        return SweetMethod(template, cfg["width_scaling_p"], cfg["depth_scaling_p"], width_scaling_max=cfg["width_scaling_max"],
-                           anchor_weights=cfg["anchor_weights"], **head)
-    from sweet_hub.config import TemplateConfig, timm_pretrained_cfg, vit_args
+        return SweetMethod(SweetTemplate(cfg.template_config()), cfg.width_scaling_p, cfg.depth_scaling_p,
+                           width_scaling_max=cfg.width_scaling_max, anchor_weights=cfg.anchor_weights, **head)
+    from sweet_hub.config import timm_pretrained_cfg, vit_args
 
-    tcfg = TemplateConfig(**{k: v for k, v in cfg["template"].items() if k != "anchors"}, anchors=[tuple(cfg["size"])])
-    model_kwargs = vit_args(tcfg, *cfg["size"])
+    tcfg = cfg.template_config(anchors=[tuple(cfg.size)])
+    model_kwargs = vit_args(tcfg, *cfg.size)
     data_cfg = timm_pretrained_cfg(tcfg)
     if method == "single":
         from training.methods import SingleMethod
@@ -95,7 +97,7 @@ def build_method(cfg: dict[str, Any]) -> torch.nn.Module:
     if method == "poa":
         from training.poa import POAMethod
 
-        return POAMethod(model_kwargs, cfg["poa"], pretrained_cfg=data_cfg, **head)
+        return POAMethod(model_kwargs, cfg.poa, pretrained_cfg=data_cfg, **head)
     raise ConfigError(f"method must be 'sweet', 'poa' or 'single', got {method!r}.")
 
 
@@ -127,14 +129,6 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, total_limit: int) 
         for old in _checkpoint_dirs(output_dir)[:-total_limit]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class CSVLog:
@@ -200,31 +194,31 @@ def _check_writable(path: Path) -> None:
         raise ConfigError(f"output_dir '{path}' is not writable ({e.strerror}); choose another with output_dir=PATH.") from None
 
 
-def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    output_dir = Path(cfg["output_dir"])
+    output_dir = Path(cfg.output_dir)
     _check_writable(output_dir)
     accel_kwargs: dict[str, Any] = {"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}
-    if cfg["mixed_precision"] is not None:  # otherwise the launcher's --mixed_precision decides
-        accel_kwargs["mixed_precision"] = cfg["mixed_precision"]
-    if cfg["log_with"] == "tensorboard":
-        accel_kwargs.update(log_with="tensorboard", project_dir=str(output_dir / "logs"))
+    if cfg.mixed_precision is not None:  # otherwise the launcher's --mixed_precision decides
+        accel_kwargs["mixed_precision"] = cfg.mixed_precision
+    if cfg.log_with != "none":
+        accel_kwargs.update(log_with=cfg.log_with, project_dir=str(output_dir / "logs"))
     accelerator = Accelerator(**accel_kwargs)
-    set_seed(cfg["seed"])
-    set_cpu_threads(accelerator, cfg["num_threads"])
+    set_seed(cfg.seed)
+    set_cpu_threads(accelerator, cfg.num_threads)
 
-    tcfg = cfg["template"]
-    data = load_image_tensors(cfg["data"], "train", tcfg["img_size"], tcfg["in_chans"])
-    if cfg["num_images"]:
-        data = data.subset(cfg["num_images"], cfg["seed"])
+    tcfg = cfg.template_config()
+    data = load_image_tensors(cfg.data, "train", tcfg.img_size, tcfg.in_chans)
+    if cfg.num_images:
+        data = data.subset(cfg.num_images, cfg.seed)
     method = build_method(cfg)
-    teacher = EMATeacher(method, cfg["ema_momentum"]) if cfg["teacher"] == "ema" else None
-    optimizer = torch.optim.AdamW(_param_groups(method, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.95))
+    teacher = EMATeacher(method, cfg.ema_momentum) if cfg.teacher == "ema" else None
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(method, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     method, optimizer = accelerator.prepare(method, optimizer)
-    state = TrainState({k: v for k, v in cfg.items()})
+    state = TrainState(cfg.to_dict())
     accelerator.register_for_checkpointing(state)
     if teacher is not None:
         accelerator.register_for_checkpointing(teacher)
@@ -236,20 +230,20 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         accelerator.load_state(str(checkpoints[-1]))
         accelerator.print(f"Resumed from {checkpoints[-1]} at step {state.step}")
     if accelerator.is_main_process:
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        write_text(output_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log = CSVLog(output_dir / "train_log.csv", state.step) if accelerator.is_main_process else None
-    if cfg["log_with"] == "tensorboard":
-        accelerator.init_trackers("pretrain", config={k: str(v) for k, v in cfg.items()})
+    if cfg.log_with != "none":
+        accelerator.init_trackers("pretrain", config={k: str(v) for k, v in cfg.to_dict().items()})
 
     raw = accelerator.unwrap_model(method)
-    batches = StepBatches(len(data), cfg["batch_size"] // cfg["grad_accum"], cfg["seed"], accelerator.process_index, accelerator.num_processes)
-    augment = MultiCropAugment(tcfg["img_size"], tuple(tcfg["mean"]), tuple(tcfg["std"]), cfg["n_global"], cfg["n_local"],
-                               cfg["local_size"], tuple(cfg["global_scale"]), tuple(cfg["local_scale"]), cfg["jitter"])
-    max_steps, ga = cfg["max_steps"], cfg["grad_accum"]
-    budget = cfg["time_budget_minutes"] * 60 if cfg["time_budget_minutes"] else None
+    batches = StepBatches(len(data), cfg.batch_size // cfg.grad_accum, cfg.seed, accelerator.process_index, accelerator.num_processes)
+    augment = MultiCropAugment(tcfg.img_size, tuple(tcfg.mean), tuple(tcfg.std), cfg.n_global, cfg.n_local,
+                               cfg.local_size, tuple(cfg.global_scale), tuple(cfg.local_scale), cfg.jitter)
+    max_steps, ga = cfg.max_steps, cfg.grad_accum
+    budget = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
     # a time-budgeted run counts training seconds, a step-budgeted one counts steps
     bar = tqdm(total=round(budget) if budget else max_steps, initial=round(state.train_seconds) if budget else state.step,
-               unit="s" if budget else "it", disable=not accelerator.is_local_main_process, desc=f"pretrain {cfg['method']}",
+               unit="s" if budget else "it", disable=not accelerator.is_local_main_process, desc=f"pretrain {cfg.method}",
                dynamic_ncols=True)
     last_log = time.perf_counter()
     images_since_log = 0
@@ -258,36 +252,36 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
         step = state.step
         progress = _progress(step, max_steps, state.train_seconds, budget)
-        lr = cosine_schedule(step, max_steps, cfg["warmup_steps"], cfg["lr"], cfg["min_lr"],
+        lr = cosine_schedule(step, max_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr,
                              progress=progress if budget else None)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        size = raw.sample_size(random.Random(step_seed(cfg["seed"], step, 0, 0)))
+        size = raw.sample_size(random.Random(step_seed(cfg.seed, step, 0, 0)))
         loss_sum = 0.0
         for micro in range(ga):
             index = batches(step * ga + micro)
-            global_views, local_views = augment(data.images[index], step_seed(cfg["seed"], step, micro, accelerator.process_index))
+            global_views, local_views = augment(data.images[index], step_seed(cfg.seed, step, micro, accelerator.process_index))
             sync = accelerator.no_sync(method) if micro < ga - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
                 targets = teacher.module.embed_targets(global_views) if teacher is not None else None
-                loss = method(global_views, local_views, size, targets, cfg["temperature"])
+                loss = method(global_views, local_views, size, targets, cfg.temperature)
                 accelerator.backward(loss / ga)
             loss_sum += loss.item() / ga
-        if cfg["clip_grad"]:
-            accelerator.clip_grad_norm_(method.parameters(), cfg["clip_grad"])
+        if cfg.clip_grad:
+            accelerator.clip_grad_norm_(method.parameters(), cfg.clip_grad)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if teacher is not None:
             teacher.update(raw, _progress(step + 1, max_steps, state.train_seconds, budget))
         state.step += 1
-        state.images_seen += cfg["batch_size"]
+        state.images_seen += cfg.batch_size
         # the elapsed time decides when a time-budgeted run stops: agree on it across processes
         elapsed = accelerator.reduce(torch.tensor(time.perf_counter() - t0), reduction="mean").item() if budget else time.perf_counter() - t0
         state.train_seconds += elapsed
         done = state.step >= max_steps or (budget is not None and state.train_seconds >= budget)
-        images_since_log += cfg["batch_size"]
+        images_since_log += cfg.batch_size
         bar.update(round(elapsed, 2) if budget else 1)
-        if state.step % cfg["log_every"] == 0 or done:
+        if state.step % cfg.log_every == 0 or done:
             loss_sum = accelerator.reduce(torch.tensor(loss_sum), reduction="mean").item()  # mean over processes
             now = time.perf_counter()
             rate = images_since_log / (now - last_log)
@@ -298,15 +292,15 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
             if log is not None:
                 log.write(row)
             accelerator.log({"loss": loss_sum, "lr": lr, "img_per_s": rate}, step=state.step)
-        if state.step % cfg["save_every"] == 0 or done:
-            save_checkpoint(accelerator, output_dir, state.step, cfg["save_total_limit"])
+        if state.step % cfg.save_every == 0 or done:
+            save_checkpoint(accelerator, output_dir, state.step, cfg.save_total_limit)
     bar.close()
     accelerator.end_training()
 
     summary: dict[str, Any] = {"steps": state.step, "images_seen": state.images_seen, "train_seconds": round(state.train_seconds, 1)}
     if accelerator.is_main_process:
-        plot_loss(output_dir / "train_log.csv", output_dir / "loss.png", f"{cfg['method']} pre-training")
-        final = teacher.module if (teacher is not None and cfg["export_ema"]) else raw
+        plot_loss(output_dir / "train_log.csv", output_dir / "loss.png", f"{cfg.method} pre-training")
+        final = teacher.module if (teacher is not None and cfg.export_ema) else raw
         summary.update(finish(cfg, final, state, output_dir))
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         accelerator.print(json.dumps(summary, indent=2))
@@ -314,27 +308,29 @@ def train(cfg: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     return summary
 
 
-def finish(cfg: dict[str, Any], method: torch.nn.Module, state: TrainState, output_dir: Path) -> dict[str, Any]:
+def finish(cfg: TrainConfig, method: PretrainMethod, state: TrainState, output_dir: Path) -> dict[str, Any]:
     """Write the artefact of the method and evaluate it (k-NN) as configured in ``final_eval``."""
     from training.report import evaluate_sizes, metrics_markdown
 
     training_facts = {
         "command": f"`{_command()}`",
-        "data": f"{cfg['data']} train split, {cfg['num_images'] or 'all'} images, no labels",
-        "method": f"{cfg['method']}, contrastive loss (T={cfg['temperature']}), {cfg['n_global']} global + {cfg['n_local']} local crops"
-                  + (f", width-wise stochastic scaling p={cfg['width_scaling_p']}" if cfg["method"] == "sweet" else ""),
+        "data": f"{cfg.data} train split, {cfg.num_images or 'all'} images, no labels",
+        "method": f"{cfg.method}, contrastive loss (T={cfg.temperature}), {cfg.n_global} global + {cfg.n_local} local crops"
+                  + (f", width-wise stochastic scaling p={cfg.width_scaling_p}" if cfg.method == "sweet" else ""),
         "steps": state.step,
         "images seen": f"{state.images_seen:,}",
         "wall time (training)": f"{state.train_seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads",
     }
     results: dict[str, Any] = {}
-    eval_cfg = cfg["final_eval"]
-    if eval_cfg and eval_cfg.get("sizes") is not None:
-        results = evaluate_sizes(cfg, method, eval_cfg)
+    if cfg.final_eval.sizes is not None:
+        results = evaluate_sizes(cfg, method)
     card_info = {
-        "title": cfg.get("title") or cfg["data"],
-        "datasets": [cfg["data"]] if "/" in cfg["data"] else None,
+        "title": cfg.title or cfg.data,
+        "datasets": [cfg.data] if "/" in cfg.data else None,
         "training": training_facts,
+        # raw numbers for programs (benchmarks read these, not the prose above)
+        "stats": {"steps": state.step, "images_seen": state.images_seen, "train_seconds": round(state.train_seconds, 1),
+                  "threads": torch.get_num_threads()},
         "metrics": results,
         "metrics_table": metrics_markdown(results) if results else "",
     }
@@ -343,7 +339,7 @@ def finish(cfg: dict[str, Any], method: torch.nn.Module, state: TrainState, outp
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (see training/configs/)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     parser.add_argument("overrides", nargs="*", help="key=value settings, e.g. max_steps=100 template.ranks=[32,64,64]")

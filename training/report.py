@@ -7,8 +7,10 @@ from typing import Any
 import timm
 import torch
 
-from sweet_hub.config import TemplateConfig, vit_args
+from sweet_hub.config import TemplateConfig, format_size, vit_args
+from training.config import TrainConfig
 from training.evaluate import EvalProtocol, evaluate_model, pixel_baselines
+from training.methods import PretrainMethod
 
 __all__ = ["evaluate_sizes", "metrics_markdown", "random_vit"]
 
@@ -19,13 +21,14 @@ def random_vit(tcfg: TemplateConfig, depth: int, width: int, seed: int = 0) -> t
     return timm.create_model("vit_base_patch16_224", pretrained=False, **vit_args(tcfg, depth, width))
 
 
-def evaluate_sizes(cfg: dict[str, Any], method: torch.nn.Module, eval_cfg: dict[str, Any]) -> dict[str, Any]:
-    """k-NN of the method's models at its own sizes plus ``eval_cfg['sizes']``, with random init
-    of the same sizes and raw pixels as references."""
-    tcfg = TemplateConfig(**{**cfg["template"], "anchors": [tuple(a) for a in cfg["template"]["anchors"]]})
-    protocol = EvalProtocol(cfg["data"], tcfg.img_size, tcfg.in_chans, eval_cfg["train_size"], eval_cfg["test_size"], 1, cfg["seed"],
-                            holdout=bool(eval_cfg.get("holdout", False)))
-    sizes = list(dict.fromkeys([tuple(s) for s in method.sizes] + [tuple(s) for s in eval_cfg.get("sizes") or []]))
+def evaluate_sizes(cfg: TrainConfig, method: PretrainMethod) -> dict[str, Any]:
+    """k-NN of the method's models at its own sizes plus ``cfg.final_eval.sizes``, with random init
+    of the same sizes and pixels as references."""
+    eval_cfg = cfg.final_eval
+    tcfg = cfg.template_config()
+    protocol = EvalProtocol(cfg.data, tcfg.img_size, tcfg.in_chans, eval_cfg.train_size, eval_cfg.test_size, 1, cfg.seed,
+                            holdout=eval_cfg.holdout)
+    sizes = list(dict.fromkeys([tuple(s) for s in method.sizes] + [tuple(s) for s in eval_cfg.sizes or []]))
     rows = []
     for depth, width in sizes:
         model = method.model_for(depth, width)
@@ -34,16 +37,15 @@ def evaluate_sizes(cfg: dict[str, Any], method: torch.nn.Module, eval_cfg: dict[
             continue
         row = dict(depth=depth, width=width, available=True, params=sum(p.numel() for p in model.parameters()),
                    init=method.describe_size(depth, width))
-        probe = bool(eval_cfg.get("probe", False))
-        metrics = evaluate_model(model, protocol, tcfg.mean, tcfg.std, probe=probe)
+        metrics = evaluate_model(model, protocol, tcfg.mean, tcfg.std, probe=eval_cfg.probe)
         row["knn"] = round(metrics["knn"], 2)
-        if probe:
+        if eval_cfg.probe:
             row["linear_probe"] = round(metrics["linear_probe"], 2)
-        if eval_cfg.get("random_init", True):
+        if eval_cfg.random_init:
             row["knn_random"] = round(evaluate_model(random_vit(tcfg, depth, width), protocol, tcfg.mean, tcfg.std)["knn"], 2)
         rows.append(row)
     out: dict[str, Any] = {"protocol": {**protocol.description, "metric": "k-NN (cosine, k=20, T=0.07) top-1 %"}, "sizes": rows}
-    if eval_cfg.get("raw_pixels", True):
+    if eval_cfg.raw_pixels:
         out.update({k: round(v, 2) for k, v in pixel_baselines(protocol).items()})
     return out
 
@@ -58,9 +60,9 @@ def metrics_markdown(results: dict[str, Any]) -> str:
     ]
     for r in results["sizes"]:
         if not r.get("available", True):
-            lines.append(f"| {r['depth']} x {r['width']} | - | not available | - | - |")
+            lines.append(f"| {format_size(r['depth'], r['width'])} | - | not available | - | - |")
             continue
-        lines.append(f"| {r['depth']} x {r['width']} | {r['params'] / 1e6:.2f}M | {r['init']} | {r['knn']:.1f} | "
+        lines.append(f"| {format_size(r['depth'], r['width'])} | {r['params'] / 1e6:.2f}M | {r['init']} | {r['knn']:.1f} | "
                      f"{r.get('knn_random', float('nan')):.1f} |")
     if "raw_pixels_knn" in results:
         lines += ["", f"Raw pixels, same protocol: {results['raw_pixels_knn']:.1f}%."]

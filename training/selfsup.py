@@ -3,8 +3,8 @@
 The loss is a multi-crop contrastive loss (InfoNCE with in-batch negatives): each student view
 must pick its own image's target among the batch. Targets are the student's own global views
 (SimCLR/CLIP-style, ``teacher: none``) or an EMA teacher's (MoCo-v3-style, ``teacher: ema``).
-DESIGN.md section 7 measured a plain DINO loss plateauing at 64-68% k-NN on this data while an
-InfoNCE loss reached 71-72% in the same 20 minutes; the same loss is used for every method, so
+A prototype measured a plain DINO loss plateauing at 64-68% k-NN on this data while an InfoNCE
+loss reached 71-72% in the same 20 minutes (CHANGELOG 0.1.0); the same loss is used for every method, so
 methods differ only in how sizes share weights.
 """
 

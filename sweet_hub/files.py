@@ -1,0 +1,119 @@
+"""Artefact file I/O: atomic writes and validated safetensors reads.
+
+Every file sweet-hub writes (templates, scalers, materialized checkpoints, exports, benchmark
+results) goes through :func:`atomic_write`: it is written to a temporary file next to its final
+path and renamed over it, so an interrupted write never leaves a half-written file. Files are read
+with safetensors only (never pickle), and every read is checked against the shapes its config
+implies, with errors that name the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import FORMAT_VERSION
+from .errors import TemplateFileError
+
+__all__ = ["FORMAT_SCALERS", "FORMAT_TEMPLATE", "atomic_write", "read_safetensors", "save_safetensors", "write_text"]
+
+#: the ``format`` metadata of template and scaler files
+FORMAT_TEMPLATE = "sweet-template"
+FORMAT_SCALERS = "sweet-scalers"
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, then rename the temporary file over ``path``.
+
+    The temporary file lives in the same folder, so the rename is atomic. The result gets
+    mode 0o666 minus the process umask (what a plain ``open`` gives): the kernel applies the
+    umask when the placeholder is created, and that mode is restored after ``write`` (writers
+    such as safetensors recreate the file as 0o600). The umask itself is never changed.
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    try:
+        mode = tmp.stat().st_mode & 0o777
+        write(str(tmp))
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomic text write (UTF-8)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
+    """Atomic ``safetensors.torch.save_file``; metadata values are stored as strings (JSON for non-str)."""
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(data, tmp, metadata=meta))
+
+
+def read_safetensors(
+    path: str | Path,
+    expected: Mapping[str, tuple[int, ...]],
+    fmt: str,
+    map_location: str | torch.device = "cpu",
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a template or scaler file and check format, version, tensor names and shapes.
+
+    Every problem becomes a :class:`TemplateFileError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TemplateFileError(f"{path}: file is missing.")
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            metadata = dict(f.metadata() or {})
+            names = set(f.keys())
+            _check_format(path, metadata, fmt)
+            missing = sorted(set(expected) - names)
+            unexpected = sorted(names - set(expected))
+            if missing or unexpected:
+                raise TemplateFileError(
+                    f"{path}: tensors do not match config.json (missing: {missing or 'none'}, unexpected: {unexpected or 'none'})."
+                )
+            tensors = {}
+            for name, shape in expected.items():
+                tensor = f.get_tensor(name)
+                if tuple(tensor.shape) != tuple(shape):
+                    raise TemplateFileError(
+                        f"{path}: tensor '{name}' has shape {tuple(tensor.shape)} but config.json implies {tuple(shape)}; "
+                        f"the file does not belong to this config."
+                    )
+                tensors[name] = tensor
+    except TemplateFileError:
+        raise
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise TemplateFileError(
+            f"{path}: not a readable safetensors file ({e}); it is truncated or corrupted. "
+            f"Re-download it (force_download=True) or re-save the template."
+        ) from None
+    return tensors, metadata
+
+
+def _check_format(path: Path, metadata: Mapping[str, str], fmt: str) -> None:
+    if metadata.get("format") != fmt:
+        raise TemplateFileError(f"{path}: metadata format is {metadata.get('format')!r}, expected {fmt!r}: not a SWEET {fmt.split('-')[1]} file.")
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise TemplateFileError(
+            f"{path}: format_version {version!r} is not supported by this sweet-hub (reads version {FORMAT_VERSION}); "
+            f"upgrade sweet-hub (pip install -U sweet-hub) or re-export the template."
+        )
