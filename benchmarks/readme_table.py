@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import format_size
+from .config import format_size, vit_numel
 from .errors import SweetHubError
 
 __all__ = ["main"]
@@ -64,7 +64,7 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
         "template_bytes": files.template_path.stat().st_size,
         "sizes": [
             {"size": format_size(d, w), "source": template.scaler_source(d, w), "scaler_params": template.num_scaler_params(d, w),
-             "model_params": _vit_params(cfg, d, w)}
+             "model_params": vit_numel(cfg, d, w)}
             for d, w in template.sizes
         ],
     }
@@ -80,14 +80,6 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {s['size']:<12}{s['source']:<22}{s['scaler_params']:>14,}{s['model_params']:>14,}")
     print("  any other depth >= 1 and width multiple of head_dim: scalers derived from the nearest anchor")
     return info
-
-
-def _vit_params(cfg, depth: int, width: int) -> int:
-    n_tokens = cfg.num_patches + 1
-    per_layer = 12 * width * width + 13 * width
-    embed = width * (cfg.in_chans * cfg.patch_size**2 + 1) + n_tokens * width + width
-    head = cfg.num_classes * (width + 1)
-    return depth * per_layer + embed + 2 * width + head
 
 
 def cmd_materialize(args: argparse.Namespace) -> dict[str, Any]:
@@ -218,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except SweetHubError as e:
         print(f"sweet-hub: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # full or read-only disk, permissions: the file and the reason, no traceback
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"sweet-hub: error: {e.strerror or e}{where}; free space or choose another folder.", file=sys.stderr)
         return 2
     return 0
 

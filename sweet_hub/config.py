@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ __all__ = [
     "TEMPLATE_NAME",
     "VECTORS_PER_LAYER",
     "TemplateConfig",
+    "check_memory",
     "config_json",
     "core_shapes",
     "format_size",
@@ -46,6 +48,7 @@ __all__ = [
     "size_key",
     "timm_pretrained_cfg",
     "vit_args",
+    "vit_numel",
 ]
 
 #: Version of the on-disk artefact (config.json + safetensors layout). Bump on any change
@@ -56,6 +59,9 @@ FORMAT_VERSION = 1
 #: exhaust memory while materializing.
 MAX_DEPTH = 256
 MAX_WIDTH = 16384
+#: Largest Tucker core accepted (numbers in G): 2**31 float32 numbers are 8 GiB, far past any
+#: useful template; a config.json asking for more is refused before anything is allocated.
+MAX_CORE_NUMBERS = 2**31
 
 #: file names of the artefact (a Hub repo or a folder of the same layout)
 CONFIG_NAME = "config.json"
@@ -153,6 +159,11 @@ class TemplateConfig:
         ranks = tuple(self.ranks) if isinstance(self.ranks, (list, tuple)) else None
         if ranks is None or len(ranks) != 3 or not all(_is_int(r) and r >= 1 for r in ranks):
             raise TemplateConfigError(f"Template config field 'ranks' must be 3 positive integers (r1, r2, r3), got {self.ranks!r}.")
+        if math.prod(ranks) > MAX_CORE_NUMBERS or self.vector_rank > MAX_WIDTH:
+            raise TemplateConfigError(
+                f"Template config field 'ranks' {list(ranks)} gives a core of {math.prod(ranks):,} numbers "
+                f"({math.prod(ranks) * 4 / 2**30:,.0f} GiB); at most {MAX_CORE_NUMBERS:,} are accepted (and vector_rank <= {MAX_WIDTH})."
+            )
         object.__setattr__(self, "ranks", ranks)
         if not isinstance(self.anchors, (list, tuple)) or not self.anchors:
             raise TemplateConfigError("Template config field 'anchors' must be a non-empty list of [depth, width] pairs.")
@@ -173,11 +184,26 @@ class TemplateConfig:
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or len(value) != self.in_chans:
                 raise TemplateConfigError(f"Template config field '{name}' must have in_chans={self.in_chans} values, got {value!r}.")
-            object.__setattr__(self, name, tuple(float(v) for v in value))
+            object.__setattr__(self, name, tuple(value))
+        for name in ("mean", "std"):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in getattr(self, name)):
+                raise TemplateConfigError(f"Template config field '{name}' must hold finite numbers, got {getattr(self, name)!r}.")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if any(v <= 0 for v in self.std):
+            raise TemplateConfigError(f"Template config field 'std' must be positive, got {list(self.std)}.")
         if self.global_pool not in ("token", "avg"):
             raise TemplateConfigError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}.")
+        for name in ("depth_rescale", "width_rescale"):
+            if not isinstance(getattr(self, name), bool):
+                raise TemplateConfigError(f"Template config field '{name}' must be true or false, got {getattr(self, name)!r}.")
         if self.label_names is not None:
-            object.__setattr__(self, "label_names", tuple(self.label_names))
+            names = self.label_names
+            if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+                raise TemplateConfigError(f"Template config field 'label_names' must be a list of strings, got {names!r}.")
+            if self.num_classes and len(names) != self.num_classes:
+                raise TemplateConfigError(f"label_names has {len(names)} names for num_classes={self.num_classes}; give one name per class.")
+            object.__setattr__(self, "label_names", tuple(names))
 
     # sizes -----------------------------------------------------------------------------------
 
@@ -355,7 +381,7 @@ def read_config_json(path: Path, source: str) -> dict[str, Any]:
             f"'{source}' is not a SWEET template: its config.json has no 'sweet_format_version'.{hint}"
         )
     version = config["sweet_format_version"]
-    if version != FORMAT_VERSION:
+    if not _is_int(version) or version != FORMAT_VERSION:
         raise TemplateConfigError(
             f"{path}: sweet_format_version {version!r} is not supported by this sweet-hub (reads version {FORMAT_VERSION}); "
             f"upgrade sweet-hub (pip install -U sweet-hub)."
@@ -363,11 +389,16 @@ def read_config_json(path: Path, source: str) -> dict[str, Any]:
     scalers = config.get("scalers")
     if not isinstance(scalers, dict):
         raise TemplateConfigError(f"{path}: config.json field 'scalers' must map size names (d<depth>_w<width>) to their info.")
-    for key in scalers:
+    for key, info in scalers.items():
         try:
             parse_size_key(key)
         except TemplateConfigError as e:
             raise TemplateConfigError(f"{path}: {e}") from None
+        if not isinstance(info, dict) or not isinstance(info.get("source", "anchor"), str):
+            raise TemplateConfigError(f"{path}: config.json 'scalers' entry '{key}' must be an object like {{\"source\": \"anchor\"}}, got {info!r}.")
+    card_info = config.get("card_info", {})
+    if not isinstance(card_info, dict):
+        raise TemplateConfigError(f"{path}: config.json field 'card_info' must be an object, got {type(card_info).__name__}.")
     return config
 
 
@@ -382,6 +413,45 @@ def parse_template_config(config: Mapping[str, Any], source: str) -> TemplateCon
 
 # ---------------------------------------------------------------------------------------------
 # timm
+
+
+def vit_numel(cfg: TemplateConfig, depth: int, width: int) -> int:
+    """Parameters of the VisionTransformer a template materializes at (depth, width)."""
+    per_layer = 12 * width * width + 13 * width
+    embed = width * (cfg.in_chans * cfg.patch_size**2 + 1) + (cfg.num_patches + 1) * width + width
+    head = cfg.num_classes * (width + 1)
+    return depth * per_layer + embed + 2 * width + head
+
+
+def check_memory(cfg: TemplateConfig, depth: int, width: int) -> None:
+    """Refuse a size whose materialization cannot fit in this machine's available memory.
+
+    Materialization holds the model's float32 weights plus about as much again in intermediate
+    products; a size allowed by MAX_DEPTH/MAX_WIDTH (256 x 16384 is 3 TB) must fail here with a
+    clear message rather than in torch's allocator.
+    """
+    needed = 2 * 4 * vit_numel(cfg, depth, width)
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise SizeError(
+            f"size {format_size(depth, width)} needs about {needed / 2**30:,.1f} GiB to materialize "
+            f"({vit_numel(cfg, depth, width):,} parameters), more than the {available / 2**30:,.1f} GiB available; "
+            f"choose a smaller depth or width."
+        )
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def vit_args(cfg: TemplateConfig, depth: int, width: int) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from .errors import TemplateFileError
 
 __all__ = ["FORMAT_SCALERS", "FORMAT_TEMPLATE", "atomic_write", "read_safetensors", "save_safetensors", "write_text"]
 
+#: dtypes a template or scaler file may hold (read as float32)
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 #: the ``format`` metadata of template and scaler files
 FORMAT_TEMPLATE = "sweet-template"
 FORMAT_SCALERS = "sweet-scalers"
@@ -73,7 +75,10 @@ def read_safetensors(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a template or scaler file and check format, version, tensor names and shapes.
 
-    Every problem becomes a :class:`TemplateFileError` naming the file.
+    Shapes and dtypes are checked from the header before any tensor is read, so a file or a
+    config.json that lies about sizes cannot make this allocate more than the file holds.
+    Tensors must be finite; fp16/bf16/fp64 files are read as float32. Every problem becomes a
+    :class:`TemplateFileError` naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -89,15 +94,26 @@ def read_safetensors(
                 raise TemplateFileError(
                     f"{path}: tensors do not match config.json (missing: {missing or 'none'}, unexpected: {unexpected or 'none'})."
                 )
-            tensors = {}
-            for name, shape in expected.items():
-                tensor = f.get_tensor(name)
-                if tuple(tensor.shape) != tuple(shape):
+            for name, shape in expected.items():  # from the header: nothing is allocated yet
+                header = f.get_slice(name)
+                if tuple(header.get_shape()) != tuple(shape):
                     raise TemplateFileError(
-                        f"{path}: tensor '{name}' has shape {tuple(tensor.shape)} but config.json implies {tuple(shape)}; "
+                        f"{path}: tensor '{name}' has shape {tuple(header.get_shape())} but config.json implies {tuple(shape)}; "
                         f"the file does not belong to this config."
                     )
-                tensors[name] = tensor
+                if header.get_dtype() not in _FLOAT_DTYPES:
+                    raise TemplateFileError(
+                        f"{path}: tensor '{name}' is stored as {header.get_dtype()}; SWEET tensors are floating point "
+                        f"({', '.join(_FLOAT_DTYPES)}). Re-save the template with SweetTemplate.save_pretrained."
+                    )
+            tensors = {}
+            for name in expected:
+                tensor = f.get_tensor(name)
+                if not torch.isfinite(tensor).all():
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise TemplateFileError(f"{path}: tensor '{name}' holds {bad} NaN or infinite values; the file is corrupted "
+                                            f"(or the training that wrote it diverged). Re-download or re-train it.")
+                tensors[name] = tensor.float()
     except TemplateFileError:
         raise
     except (SafetensorError, OSError, RuntimeError) as e:

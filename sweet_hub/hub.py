@@ -43,14 +43,14 @@ from .config import (
 )
 from .errors import NotASweetTemplateError, TemplateFileError, TemplateNotAvailableError
 
-__all__ = ["TemplateFiles", "resolve_template_config", "resolve_template_files"]
+__all__ = ["TemplateFiles", "resolve_template_files"]
 
 
 @dataclass
 class TemplateFiles:
     """Local paths of one template's files, and its parsed config.json.
 
-    ``template_path`` is None when only the config was resolved (:func:`resolve_template_config`).
+    ``template_path`` is None when only the config was resolved (``tensors=False``).
     """
 
     source: str  # folder path or repo id
@@ -130,22 +130,6 @@ def _fetcher(
     return repo_id, download
 
 
-def resolve_template_config(
-    name_or_path: str | Path,
-    *,
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    force_download: bool = False,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-) -> TemplateFiles:
-    """config.json only (what ``pretrained=False`` needs): no tensor file is downloaded."""
-    source, fetch = _fetcher(name_or_path, revision, cache_dir, force_download, token, local_files_only)
-    config_path = fetch(CONFIG_NAME)
-    config = read_config_json(config_path, source)
-    return TemplateFiles(source, config, parse_template_config(config, source), config_path)
-
-
 def resolve_template_files(
     name_or_path: str | Path,
     *,
@@ -155,17 +139,21 @@ def resolve_template_files(
     token: str | bool | None = None,
     local_files_only: bool = False,
     sizes: list[tuple[int, int]] | None = None,
+    tensors: bool = True,
 ) -> TemplateFiles:
     """Local paths of config.json, template.safetensors and the scaler files.
 
     ``name_or_path`` is a folder or a Hub repo id (``org/name``, optionally ``org/name@revision``).
     ``sizes`` limits which scaler files are fetched (the anchors are always fetched, derived
-    sizes need them); by default all listed scaler files are.
+    sizes need them); by default all listed scaler files are. ``tensors=False`` fetches
+    config.json only (what ``pretrained=False`` needs).
     """
     source, fetch = _fetcher(name_or_path, revision, cache_dir, force_download, token, local_files_only)
     config_path = fetch(CONFIG_NAME)
     config = read_config_json(config_path, source)
     cfg = parse_template_config(config, source)
+    if not tensors:
+        return TemplateFiles(source, config, cfg, config_path)
     template_path = fetch(TEMPLATE_NAME)
     scaler_paths = {k: fetch(scaler_filename(*parse_size_key(k))) for k in _scaler_keys_needed(config, cfg, sizes)}
     return TemplateFiles(source, config, cfg, config_path, template_path, scaler_paths)

@@ -34,6 +34,7 @@ from .config import (
     SCALERS_DIR,
     TEMPLATE_NAME,
     TemplateConfig,
+    check_memory,
     config_json,
     core_shapes,
     format_size,
@@ -145,6 +146,8 @@ class SweetTemplate(
     @torch.no_grad()
     def state_dict_for(self, depth: int, width: int, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """The timm state dict of (depth, width), detached and contiguous."""
+        self.config.check_size(depth, width)
+        check_memory(self.config, depth, width)
         state = self.forward(depth, width)
         return {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in state.items()}
 
@@ -302,7 +305,8 @@ class SweetTemplate(
         """Build a template from resolved files (:func:`~sweet_hub.hub.resolve_template_files`),
         validating every tensor against config.json."""
         cfg = files.template_config
-        template = cls(cfg)
+        with torch.device("meta"):  # no random init: every tensor comes from the files
+            template = cls(cfg)
         cores, _ = read_safetensors(files.template_path, core_shapes(cfg), FORMAT_TEMPLATE, map_location)
         with torch.no_grad():
             for name, tensor in cores.items():

@@ -27,7 +27,7 @@ from .builder import SOURCE_KEYS, build_sweet_vit, build_vit
 from .cache import materialized_state_dict
 from .config import TemplateConfig, format_size, timm_pretrained_cfg
 from .errors import NotASweetTemplateError, TemplateNotAvailableError
-from .hub import resolve_template_config, resolve_template_files
+from .hub import resolve_template_files
 from .template import SweetTemplate
 
 __all__ = ["BUNDLED_TEMPLATE", "create_sweet_vit", "sweet_vit", "sweet_vit_base", "sweet_vit_small", "sweet_vit_tiny"]
@@ -42,7 +42,7 @@ _IMPORT_HINT = "(sweet_* models exist in timm only after `import sweet_hub`)"
 def _bundled_cfg() -> dict[str, Any]:
     """Registry cfg of the bundled template; without one (a broken install) pretrained=True errors clearly."""
     try:
-        cfg = resolve_template_config(BUNDLED_TEMPLATE).template_config
+        cfg = resolve_template_files(BUNDLED_TEMPLATE, tensors=False).template_config
     except Exception as e:  # noqa: BLE001 - registry must import even when the bundled files are broken
         _logger.warning("Bundled SWEET template unavailable (%s); sweet_* models have no default weights.", e)
         return dict(num_classes=10, input_size=(1, 28, 28), first_conv="patch_embed.proj", classifier="head")
@@ -100,8 +100,7 @@ def create_sweet_vit(
     width = kwargs.pop("embed_dim") if width is None and "embed_dim" in kwargs else width
 
     try:
-        resolve = resolve_template_files if pretrained else resolve_template_config
-        files = resolve(location, cache_dir=cache_dir) if location else None
+        files = resolve_template_files(location, cache_dir=cache_dir, tensors=pretrained) if location else None
     except NotASweetTemplateError:
         if not pretrained_model_args:
             raise

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.selfsup import contrastive_loss, gather_batches  # noqa: E402
+from training.selfsup import contrastive_loss, gather_batches
 
 BATCH, DIM, VIEWS = 8, 16, 3
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from sweet_hub import (
     NotASweetTemplateError,
@@ -211,3 +213,48 @@ def test_written_files_have_normal_permissions(template_dir):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c.update(ranks=[100000, 100000, 100000]), r"'ranks' \[100000, 100000, 100000\] gives a core of"),
+    (lambda c: c.update(label_names="abc"), "'label_names' must be a list of strings"),
+    (lambda c: c.update(depth_rescale="no"), "'depth_rescale' must be true or false"),
+    (lambda c: c.update(sweet_format_version=True), "sweet_format_version True is not supported"),
+    (lambda c: c["scalers"].update(d2_w32="anchor"), "'scalers' entry 'd2_w32' must be an object"),
+    (lambda c: c.update(std=[0.0]), "'std' must be positive"),
+])
+def test_wrong_config_values_are_refused_by_name(template_dir, edit, message):
+    path = template_dir / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    with pytest.raises(TemplateConfigError, match=message):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+@pytest.mark.parametrize("value,message", [(float("nan"), "NaN or infinite"), (float("inf"), "NaN or infinite")])
+def test_non_finite_template_is_refused_with_the_tensor_name(template_dir, value, message):
+    path = template_dir / "template.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors["G"][0, 0, 0] = value
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(TemplateFileError, match=f"tensor 'G' holds 1 {message}"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+def test_half_precision_template_loads_and_integer_one_is_refused(template_dir):
+    path = template_dir / "template.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, str(path), metadata=metadata)
+    loaded = SweetTemplate.from_pretrained(template_dir)
+    assert loaded.cores["G"].dtype == torch.float32
+    save_file({k: v.to(torch.int32) for k, v in tensors.items()}, str(path), metadata=metadata)
+    with pytest.raises(TemplateFileError, match="template.safetensors: tensor '.*' is stored as I32"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+def test_materializing_more_than_memory_is_a_size_error(tiny_template):
+    with pytest.raises(SizeError, match=r"256x16384 needs about .* GiB to materialize"):
+        tiny_template.materialize(256, 16384)
