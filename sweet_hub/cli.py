@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import format_size, vit_numel
+from .config import CONFIG_NAME, README_NAME, TEMPLATE_NAME, format_size, scaler_filename, vit_numel
 from .errors import SweetHubError
 
 __all__ = ["main"]
@@ -123,29 +123,57 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     return {"output": str(out)}
 
 
+def artefact_files(folder: Path) -> tuple[str, list[str]]:
+    """(kind, files) of a template or export folder: only the artefact's own files.
+
+    A template is config.json, README.md, template.safetensors and the scaler files config.json
+    lists; an export is config.json, README.md and model.safetensors. Anything else in the folder
+    (stray ``.env`` files, pickles, notes) is never uploaded, and a file that is a symlink to a
+    place outside the folder is refused.
+    """
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise SweetHubError(f"'{folder}' has no config.json: push a template folder (save_pretrained) or an export folder.")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SweetHubError(f"{config_path} is not valid JSON ({e}).") from None
+    if isinstance(config, dict) and "sweet_format_version" in config:
+        from .template import SweetTemplate
+
+        template = SweetTemplate.from_pretrained(str(folder))  # validates every file before anything is uploaded
+        kind, files = "template", [CONFIG_NAME, README_NAME, TEMPLATE_NAME, *(scaler_filename(d, w) for d, w in template.sizes)]
+    elif (folder / "model.safetensors").is_file():
+        kind, files = "timm export", [CONFIG_NAME, README_NAME, "model.safetensors"]
+    else:
+        raise SweetHubError(f"'{folder}' is neither a SWEET template nor a timm export (no model.safetensors).")
+    root = folder.resolve()
+    present = []
+    for name in files:
+        path = folder / name
+        if not path.exists():
+            continue
+        if not path.resolve().is_relative_to(root):
+            raise SweetHubError(f"{path} is a symlink to {path.resolve()}, outside '{folder}': refusing to upload it. "
+                                f"Copy the file into the folder if it belongs to the artefact.")
+        present.append(name)
+    return kind, present
+
+
 def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
     from huggingface_hub import HfApi
 
     folder = Path(args.folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise SweetHubError(f"'{folder}' has no config.json: push a template folder (save_pretrained) or an export folder.")
-    config = json.loads(config_path.read_text())
-    if "sweet_format_version" in config:
-        from .template import SweetTemplate
-
-        SweetTemplate.from_pretrained(str(folder))  # validates every file before anything is uploaded
-        kind = "template"
-    elif (folder / "model.safetensors").is_file():
-        kind = "timm export"
-    else:
-        raise SweetHubError(f"'{folder}' is neither a SWEET template nor a timm export (no model.safetensors).")
+    kind, files = artefact_files(folder)
+    left_out = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and str(p.relative_to(folder)) not in files)
     api = HfApi(token=args.token)
     repo_id = api.create_repo(args.repo_id, private=args.private, exist_ok=True).repo_id
     commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=args.commit_message or f"Upload SWEET {kind}",
-                               revision=args.revision, ignore_patterns=[".*", "*.tmp"])
-    print(f"Pushed {kind} {folder} to {repo_id}: {commit}")
-    return {"repo_id": repo_id, "commit": str(commit)}
+                               revision=args.revision, allow_patterns=files)
+    print(f"Pushed {kind} {folder} to {repo_id}: {commit} ({len(files)} files)")
+    if left_out:
+        print(f"Not uploaded (not part of the {kind}): {', '.join(left_out)}")
+    return {"repo_id": repo_id, "commit": str(commit), "files": files, "left_out": left_out}
 
 
 def cmd_cache(args: argparse.Namespace) -> dict[str, Any]:

@@ -71,7 +71,7 @@ README_NAME = "README.md"
 #: the timm architecture a template's config.json names, so ``hf-hub:`` ids resolve to sweet_vit
 ARCHITECTURE = "sweet_vit"
 #: config.json keys that are not TemplateConfig fields
-_NON_TEMPLATE_KEYS = ("architecture", "sweet_format_version", "scalers", "pretrained_cfg", "card_info")
+_NON_TEMPLATE_KEYS = ("architecture", "sweet_format_version", "scalers", "pretrained_cfg", "card_info", "files")
 
 #: q, k, v, o, fc1 rows 0-3, fc2 columns 0-3
 BLOCKS_PER_LAYER = 12
@@ -396,6 +396,9 @@ def read_config_json(path: Path, source: str) -> dict[str, Any]:
             raise TemplateConfigError(f"{path}: {e}") from None
         if not isinstance(info, dict) or not isinstance(info.get("source", "anchor"), str):
             raise TemplateConfigError(f"{path}: config.json 'scalers' entry '{key}' must be an object like {{\"source\": \"anchor\"}}, got {info!r}.")
+    manifest = config.get("files", {})
+    if not isinstance(manifest, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.items()):
+        raise TemplateConfigError(f"{path}: config.json field 'files' must map file names to SHA-256 hex digests.")
     card_info = config.get("card_info", {})
     if not isinstance(card_info, dict):
         raise TemplateConfigError(f"{path}: config.json field 'card_info' must be an object, got {type(card_info).__name__}.")

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from .card import export_card
-from .files import save_safetensors, write_text
+from .files import save_safetensors, staged_folder, write_text
 
 __all__ = ["EXPORT_ARCHITECTURE", "export_timm", "vit_model_args"]
 
@@ -56,7 +56,6 @@ def export_timm(model: nn.Module, save_directory: str | Path, provenance: dict[s
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"export_timm expects a timm VisionTransformer (e.g. from SweetTemplate.materialize), got {type(model).__name__}.")
     save_directory = Path(save_directory)
-    save_directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         # timm writes the config (data config, labels, pretrained_cfg) exactly as it reads it back
         save_for_hf(model, tmp, model_config={"architecture": EXPORT_ARCHITECTURE}, safe_serialization=True,
@@ -67,7 +66,8 @@ def export_timm(model: nn.Module, save_directory: str | Path, provenance: dict[s
     config["pretrained_cfg"].pop("architecture", None)
     if provenance:
         config["sweet_provenance"] = provenance
-    save_safetensors(model.state_dict(), save_directory / "model.safetensors", {"format": "pt"})
-    write_text(save_directory / "README.md", str(export_card(config["model_args"], config["num_classes"], provenance or {})))
-    write_text(save_directory / "config.json", json.dumps(config, indent=2) + "\n")
+    with staged_folder(save_directory) as staging:  # all files or none; config.json last
+        save_safetensors(model.state_dict(), staging / "model.safetensors", {"format": "pt"})
+        write_text(staging / "README.md", str(export_card(config["model_args"], config["num_classes"], provenance or {})))
+        write_text(staging / "config.json", json.dumps(config, indent=2) + "\n")
     return save_directory

@@ -9,10 +9,14 @@ implies, with errors that name the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable, Mapping
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,8 @@ from safetensors.torch import save_file
 from .config import FORMAT_VERSION
 from .errors import TemplateFileError
 
-__all__ = ["FORMAT_SCALERS", "FORMAT_TEMPLATE", "atomic_write", "read_safetensors", "save_safetensors", "write_text"]
+__all__ = ["FORMAT_SCALERS", "FORMAT_TEMPLATE", "atomic_write", "file_sha256", "read_safetensors", "save_safetensors",
+           "staged_folder", "write_text"]
 
 #: dtypes a template or scaler file may hold (read as float32)
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
@@ -49,10 +54,51 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         mode = tmp.stat().st_mode & 0o777
         write(str(tmp))
         os.chmod(tmp, mode)
+        _fsync(tmp)  # the data is on disk before the name points to it (power loss)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def staged_folder(directory: str | Path, last: Sequence[str] = ("config.json",)) -> Iterator[Path]:
+    """Write a folder's files into a hidden staging folder inside it, then rename them into place.
+
+    Files named in ``last`` are moved after all others (config.json is what makes a folder a
+    template or a timm repo, so until it changes the folder still describes its old files).
+    If the body raises, nothing in ``directory`` changes. A loader that reads while the files are
+    being renamed can still see old and new files together: templates record the hash of each
+    tensor file in config.json, and a mismatch on load is detected and retried.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".sweet-staging-", dir=directory))
+    try:
+        yield staging
+        names = sorted((p.relative_to(staging) for p in staging.rglob("*") if p.is_file()), key=lambda n: str(n) in last)
+        for name in names:
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, directory / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (the manifest of a template's tensor files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -13,10 +13,10 @@ writes the artefact through huggingface_hub's ``PyTorchModelHubMixin``:
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import shutil
-import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,16 +39,57 @@ from .config import (
     core_shapes,
     format_size,
     parse_size_key,
+    read_config_json,
     scaler_filename,
     scaler_shapes,
     size_key,
 )
-from .errors import TemplateConfigError
-from .files import FORMAT_SCALERS, FORMAT_TEMPLATE, read_safetensors, save_safetensors, write_text
+from .errors import TemplateConfigError, TemplateFileError
+from .files import FORMAT_SCALERS, FORMAT_TEMPLATE, file_sha256, read_safetensors, save_safetensors, staged_folder, write_text
 from .hub import TemplateFiles, resolve_template_files
 from .tucker import derive_scalers, init_cores, init_scalers, materialize_state_dict
 
-__all__ = ["SweetTemplate"]
+__all__ = ["SweetTemplate", "TemplateChangedError"]
+
+_RELOAD_SECONDS = 5.0
+
+
+class TemplateChangedError(TemplateFileError):
+    """A template folder changed while it was read (a concurrent save): its files do not match
+    the hashes config.json records."""
+
+
+def _folder_state(folder: str) -> list[tuple[str, int, int]]:
+    """(name, mtime_ns, size) of a template folder's files: changes when a save renames files in."""
+    root = Path(folder)
+    paths = [root / CONFIG_NAME, root / TEMPLATE_NAME, *sorted((root / SCALERS_DIR).glob("*.safetensors"))]
+    state = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            state.append((str(path), stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            state.append((str(path), -1, -1))
+    return state
+
+
+def _check_manifest(files: TemplateFiles, reason: TemplateFileError | None = None) -> None:
+    """Compare the tensor files with the SHA-256 that config.json records (templates saved by
+    sweet-hub >= 0.2; older ones have no manifest and are not checked). ``reason``: the error a
+    file gave when read, reported with the mismatch."""
+    manifest = files.config.get("files")
+    if not isinstance(manifest, dict):
+        return
+    paths = {TEMPLATE_NAME: files.template_path, **{scaler_filename(*parse_size_key(k)): p for k, p in files.scaler_paths.items()}}
+    for name, path in paths.items():
+        expected = manifest.get(name)
+        if expected is not None and path.is_file() and file_sha256(path) != expected:
+            detail = f" {reason}" if reason else ""
+            raise TemplateChangedError(
+                f"{path}: does not match the SHA-256 recorded in {files.config_path.name}: the folder changed while it was read "
+                f"(a save in progress), or the file is truncated, corrupted or replaced.{detail} Re-download it "
+                f"(force_download=True) or re-save the template."
+            )
 
 
 class SweetTemplate(
@@ -201,15 +242,13 @@ class SweetTemplate(
         return None
 
     def _save_pretrained(self, save_directory: Path, model_card_kwargs: dict[str, Any] | None = None) -> None:
-        """Stage every file in a hidden folder inside ``save_directory``, then rename them into
-        place, config.json last (it is what makes the folder a template). A failure while
-        writing leaves the previous template untouched. Scaler files of sizes this template
-        no longer stores are removed."""
+        """Stage every file, then rename them into place, config.json last (it is what makes the
+        folder a template); a failure while writing leaves the previous template untouched.
+        config.json records the SHA-256 of each tensor file, so a load that races a save sees the
+        mix and retries. Scaler files of sizes this template no longer stores are removed."""
         save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
         cfg = self.config
-        staging = Path(tempfile.mkdtemp(prefix=".sweet-staging-", dir=save_directory))
-        try:
+        with staged_folder(save_directory) as staging:
             names = []
             for key, params in self.scalers.items():
                 name = scaler_filename(*parse_size_key(key))
@@ -220,32 +259,30 @@ class SweetTemplate(
                 {"format": FORMAT_TEMPLATE, "format_version": str(FORMAT_VERSION), "ranks": list(cfg.ranks), "vector_rank": cfg.vector_rank},
             )
             self.generate_model_card(**(model_card_kwargs or {})).save(staging / README_NAME)
-            write_text(staging / CONFIG_NAME, self._config_json_text())
-            for name in [*names, TEMPLATE_NAME, README_NAME, CONFIG_NAME]:
-                (save_directory / name).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging / name, save_directory / name)
-            for stale in (save_directory / SCALERS_DIR).glob("*.safetensors"):
-                if f"{SCALERS_DIR}/{stale.name}" not in names:
-                    stale.unlink(missing_ok=True)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            write_text(staging / CONFIG_NAME, self._config_json_text({n: file_sha256(staging / n) for n in [TEMPLATE_NAME, *names]}))
+        for stale in (save_directory / SCALERS_DIR).glob("*.safetensors"):
+            if f"{SCALERS_DIR}/{stale.name}" not in names:
+                stale.unlink(missing_ok=True)
 
     def save_scalers(self, save_directory: str | Path, depth: int, width: int) -> Path:
         """Add the stored scalers of one size to an existing template folder (after learning
-        them) without rewriting the template file: the scaler file, then the card and config.json."""
+        them) without rewriting the template file: the scaler file, the card, then config.json."""
         save_directory = Path(save_directory)
         key = size_key(depth, width)
-        path = save_directory / scaler_filename(depth, width)
-        save_safetensors(self.stored_scalers(depth, width), path, self._scaler_metadata(key))
-        card = self.generate_model_card()
-        write_text(save_directory / README_NAME, str(card))
-        write_text(save_directory / CONFIG_NAME, self._config_json_text())
-        return path
+        name = scaler_filename(depth, width)
+        manifest = read_config_json(save_directory / CONFIG_NAME, str(save_directory)).get("files", {})
+        with staged_folder(save_directory) as staging:
+            save_safetensors(self.stored_scalers(depth, width), staging / name, self._scaler_metadata(key))
+            self.generate_model_card().save(staging / README_NAME)
+            manifest = {**manifest, name: file_sha256(staging / name)} if manifest else {}
+            write_text(staging / CONFIG_NAME, self._config_json_text(manifest))
+        return save_directory / name
 
-    def _config_json_text(self) -> str:
-        import json
-
-        return json.dumps(config_json(self.config, self.scaler_info, self.card_info), indent=2) + "\n"
+    def _config_json_text(self, manifest: Mapping[str, str]) -> str:
+        data = config_json(self.config, self.scaler_info, self.card_info)
+        if manifest:
+            data["files"] = dict(manifest)
+        return json.dumps(data, indent=2) + "\n"
 
     def _scaler_metadata(self, key: str) -> dict[str, Any]:
         info = config_json(self.config, {key: self.scaler_info[key]}, None)["scalers"][key]
@@ -294,16 +331,41 @@ class SweetTemplate(
         are not trusted), and a missing tensor, a shape that does not match config.json, or an
         unknown format version is an error naming the file.
         """
-        files = resolve_template_files(
-            model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
-            token=token, local_files_only=local_files_only,
-        )
-        return cls.from_files(files, map_location=map_location)
+        # A local folder can be saved into while it is read (Hub revisions are immutable): when a
+        # file is missing or does not match config.json's manifest *and the folder changed during
+        # the attempt*, read it again (for up to _RELOAD_SECONDS). A folder that did not change is
+        # broken, and that is reported at once.
+        local = os.path.isdir(model_id)
+        deadline = time.monotonic() + _RELOAD_SECONDS
+        delay = 0.01
+        while True:
+            before = _folder_state(model_id) if local else None
+            try:
+                files = resolve_template_files(
+                    model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                    token=token, local_files_only=local_files_only,
+                )
+                return cls.from_files(files, map_location=map_location)
+            except TemplateFileError:
+                if not local or _folder_state(model_id) == before or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 0.2)
 
     @classmethod
     def from_files(cls, files: TemplateFiles, map_location: str | torch.device = "cpu") -> SweetTemplate:
         """Build a template from resolved files (:func:`~sweet_hub.hub.resolve_template_files`),
         validating every tensor against config.json."""
+        try:
+            template = cls._read_files(files, map_location)
+        except TemplateFileError as e:
+            _check_manifest(files, reason=e)  # a file changed under us: TemplateChangedError (retried)
+            raise
+        _check_manifest(files)
+        return template
+
+    @classmethod
+    def _read_files(cls, files: TemplateFiles, map_location: str | torch.device) -> SweetTemplate:
         cfg = files.template_config
         with torch.device("meta"):  # no random init: every tensor comes from the files
             template = cls(cfg)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import timm
+from conftest import make_template
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -244,6 +245,9 @@ def test_non_finite_template_is_refused_with_the_tensor_name(template_dir, value
 
 
 def test_half_precision_template_loads_and_integer_one_is_refused(template_dir):
+    config = json.loads((template_dir / "config.json").read_text())
+    del config["files"]  # a template converted by another tool carries no manifest of its own files
+    (template_dir / "config.json").write_text(json.dumps(config))
     path = template_dir / "template.safetensors"
     with safe_open(str(path), framework="pt") as f:
         tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
@@ -258,3 +262,47 @@ def test_half_precision_template_loads_and_integer_one_is_refused(template_dir):
 def test_materializing_more_than_memory_is_a_size_error(tiny_template):
     with pytest.raises(SizeError, match=r"256x16384 needs about .* GiB to materialize"):
         tiny_template.materialize(256, 16384)
+
+
+def test_file_replaced_by_hand_is_caught_by_the_manifest(template_dir):
+    other = make_template(seed=5)
+    other.save_pretrained(template_dir.parent / "other")
+    (template_dir / "template.safetensors").write_bytes((template_dir.parent / "other" / "template.safetensors").read_bytes())
+    with pytest.raises(TemplateFileError, match="does not match the SHA-256 recorded in config.json"):
+        SweetTemplate.from_pretrained(template_dir)
+
+
+_SAVER = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import make_template
+a, b = make_template(seed=1), make_template(seed=2)
+b.add_scalers(3, 48, b.scalers_for(3, 48))
+for i in range({rounds}):
+    (a if i % 2 else b).save_pretrained({folder!r})
+"""
+
+
+def test_loads_during_saves_never_mix_two_templates(tmp_path):
+    """One process saves two different templates over the same folder in turn while this one
+    loads it: every load is entirely one of them (the manifest catches the mix and re-reads)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "contended"
+    a, b = make_template(seed=1), make_template(seed=2)
+    b.add_scalers(3, 48, b.scalers_for(3, 48))
+    a.save_pretrained(folder)
+    saver = subprocess.Popen([sys.executable, "-c", _SAVER.format(tests=str(Path(__file__).parent), rounds=40, folder=str(folder))])
+    loads = 0
+    try:
+        while saver.poll() is None:
+            loaded = SweetTemplate.from_pretrained(folder)
+            source = a if torch.equal(loaded.cores["G"], a.cores["G"]) else b
+            assert loaded.sizes == source.sizes
+            for d, w in source.sizes:
+                assert torch.equal(loaded.stored_scalers(d, w)["U"], source.stored_scalers(d, w)["U"])
+            loads += 1
+    finally:
+        saver.wait(timeout=120)
+    assert saver.returncode == 0 and loads > 5

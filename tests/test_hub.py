@@ -176,3 +176,28 @@ def test_pretrained_false_downloads_config_json_only(hub, template_dir, hf_cache
     assert model.blocks[0].attn.num_heads == 3  # the template's head_dim (16), from config.json
     snapshot = hf_cache / "models--org--tmpl-config-only" / "snapshots" / sha
     assert sorted(p.name for p in snapshot.rglob("*") if p.is_file()) == ["config.json"]
+
+
+def test_cli_push_uploads_only_the_artefact_and_refuses_escaping_symlinks(hub, template_dir, tmp_path, monkeypatch, capsys):
+    from sweet_hub.cli import main
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("token=hf_xxx")
+    (template_dir / ".env").write_text("HF_TOKEN=hf_xxx")
+    (template_dir / "notes.pkl").write_bytes(b"\x80\x04pickle")
+    (template_dir / "leak.txt").symlink_to(secret)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.uploads.endpoint)
+    assert main(["push", str(template_dir), "org/cli-allow-list"]) == 0
+    out = capsys.readouterr().out
+    assert "Not uploaded" in out and "notes.pkl" in out and "leak.txt" in out and ".env" in out
+    repo = hub.olah.repo_path("org/cli-allow-list")
+    listed = subprocess.run(["git", "-C", str(repo), "ls-tree", "-r", "--name-only", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert sorted(listed) == sorted(["config.json", "README.md", "template.safetensors", "scalers/d2_w32.safetensors",
+                                     "scalers/d4_w64.safetensors"])
+    # a file of the artefact that is a symlink leaving the folder is refused, nothing uploaded
+    (template_dir / "README.md").unlink()
+    (template_dir / "README.md").symlink_to(secret)
+    assert main(["push", str(template_dir), "org/cli-symlink"]) == 2
+    assert "outside" in capsys.readouterr().err
+    assert not hub.olah.repo_path("org/cli-symlink").exists()
