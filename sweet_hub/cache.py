@@ -10,6 +10,11 @@ written afterwards. A cache that cannot be written (read-only, full, no permissi
 a load: the model is returned and a warning says why the entry was not kept. A file lock per
 entry makes concurrent loads of the same size (threads or processes) materialize it once.
 
+The cache is capped (``SWEET_HUB_CACHE_LIMIT``, default 4GB; e.g. ``500MB``, ``10GB`` or bytes):
+after a new entry is written, the least recently used entries are removed until the total fits.
+Clearing and eviction delete entry files one by one, so loads running at the same time either
+read a whole entry or rebuild it.
+
 Location: ``$SWEET_HUB_CACHE``, else huggingface_hub's assets cache
 (``$HF_HOME/assets/sweet-hub/materialized``). ``SWEET_HUB_DISABLE_CACHE=1`` turns it off.
 """
@@ -19,22 +24,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
+import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from filelock import FileLock
 from huggingface_hub import cached_assets_path
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .config import FORMAT_VERSION, format_size
+from .errors import SweetHubError
 from .files import save_safetensors
 from .hub import TemplateFiles
 
-__all__ = ["cache_enabled", "cache_key", "cache_root", "cache_size", "clear_cache", "materialized_state_dict"]
+__all__ = ["CacheEntry", "cache_enabled", "cache_entries", "cache_key", "cache_limit", "cache_root", "cache_size", "clear_cache",
+           "materialized_state_dict", "prune_cache"]
 
 _logger = logging.getLogger(__name__)
 
@@ -45,6 +53,24 @@ MATERIALIZE_VERSION = 1
 def cache_root() -> Path:
     root = os.environ.get("SWEET_HUB_CACHE")
     return Path(root) if root else cached_assets_path(library_name="sweet-hub", namespace="materialized")
+
+
+_DEFAULT_LIMIT = 4 * 2**30
+_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'4GB', '500 MB', '123' -> bytes (binary units)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B?)\s*", str(text).upper())
+    if not match:
+        raise SweetHubError(f"'{text}' is not a size in bytes; write e.g. 4GB, 500MB or 1000000.")
+    return int(float(match.group(1)) * _UNITS[match.group(2) if match.group(2) != "K" else "KB"])
+
+
+def cache_limit() -> int:
+    """Largest total size of the cache in bytes (``SWEET_HUB_CACHE_LIMIT``, default 4GB)."""
+    value = os.environ.get("SWEET_HUB_CACHE_LIMIT")
+    return parse_bytes(value) if value else _DEFAULT_LIMIT
 
 
 def cache_enabled() -> bool:
@@ -68,9 +94,14 @@ def _read_entry(path: Path) -> dict[str, torch.Tensor] | None:
     if not path.is_file():
         return None
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError, RuntimeError):
         return None
+    try:
+        os.utime(path)  # last use, for least-recently-used eviction
+    except OSError:
+        pass
+    return state
 
 
 def materialized_state_dict(
@@ -106,6 +137,7 @@ def materialized_state_dict(
         metadata = {"format": "sweet-materialized", "source": files.source, "size": format_size(depth, width)}
         try:
             save_safetensors(state, path, metadata)
+            prune_cache(cache_limit(), keep=path)
         except (OSError, SafetensorError) as e:
             _warn_uncached(root, e)
         return state, False
@@ -121,17 +153,62 @@ def _warn_uncached(root: Path, error: BaseException) -> None:
     )
 
 
+@dataclass(frozen=True)
+class CacheEntry:
+    """One materialized checkpoint in the cache."""
+
+    path: Path
+    bytes: int
+    last_used: float
+    source: str
+    size: str
+
+
+def cache_entries() -> list[CacheEntry]:
+    """The cache's entries, most recently used first."""
+    root = cache_root()
+    entries = []
+    for path in root.glob("*.safetensors") if root.is_dir() else []:
+        try:
+            stat = path.stat()
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except (OSError, SafetensorError):  # removed meanwhile, or being written
+            continue
+        entries.append(CacheEntry(path, stat.st_size, stat.st_mtime, meta.get("source", "?"), meta.get("size", "?")))
+    return sorted(entries, key=lambda e: e.last_used, reverse=True)
+
+
 def cache_size() -> tuple[int, int]:
     """(number of entries, bytes) in the cache."""
-    root = cache_root()
-    entries = list(root.glob("*.safetensors")) if root.is_dir() else []
-    return len(entries), sum(p.stat().st_size for p in entries)
+    entries = cache_entries()
+    return len(entries), sum(e.bytes for e in entries)
+
+
+def _remove(path: Path) -> int:
+    try:
+        size = path.stat().st_size
+        path.unlink()
+        return size
+    except FileNotFoundError:  # another process removed it first
+        return 0
+
+
+def prune_cache(limit: int, keep: Path | None = None) -> int:
+    """Remove least recently used entries until the cache holds at most ``limit`` bytes
+    (``keep`` is never removed); returns the bytes freed."""
+    entries = cache_entries()
+    total, freed = sum(e.bytes for e in entries), 0
+    for entry in reversed(entries):  # least recently used first
+        if total - freed <= limit:
+            break
+        if keep is not None and entry.path == keep:
+            continue
+        freed += _remove(entry.path)
+    return freed
 
 
 def clear_cache() -> int:
-    """Delete every cached materialization; returns the bytes freed."""
-    _, size = cache_size()
-    root = cache_root()
-    if root.is_dir():
-        shutil.rmtree(root)
-    return size
+    """Delete every cached materialization; returns the bytes freed. Entries are removed one by
+    one (never the folder), so loads and writes running at the same time are not disturbed."""
+    return sum(_remove(e.path) for e in cache_entries())

@@ -4,7 +4,7 @@
     sweet-hub materialize TEMPLATE --depth L --width D   build a size into the cache, report timing
     sweet-hub export TEMPLATE --depth L --width D OUT    a stock timm repo folder (no sweet-hub needed)
     sweet-hub push FOLDER org/name                       upload a template or export folder to the Hub
-    sweet-hub cache [--clear]                            size of / clear the materialization cache
+    sweet-hub cache [--clear | --max-size 1GB]           list, clear or prune the materialization cache
 
 TEMPLATE is a folder, a Hub repo id (org/name[@revision]) or ``bundled`` (the template shipped
 with sweet-hub). Errors are printed as one line naming the problem and the fix (exit code 2).
@@ -177,15 +177,24 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_cache(args: argparse.Namespace) -> dict[str, Any]:
-    from .cache import cache_root, cache_size, clear_cache
+    from .cache import cache_entries, cache_limit, cache_root, clear_cache, parse_bytes, prune_cache
 
-    count, size = cache_size()
     if args.clear:
+        entries = cache_entries()
         freed = clear_cache()
-        print(f"Removed {count} materialized checkpoints ({_human_bytes(freed)}) from {cache_root()}")
-    else:
-        print(f"{cache_root()}: {count} materialized checkpoints, {_human_bytes(size)}")
-    return {"entries": count, "bytes": size}
+        print(f"Removed {len(entries)} materialized checkpoints ({_human_bytes(freed)}) from {cache_root()}")
+        return {"entries": len(entries), "bytes": freed}
+    if args.max_size is not None:
+        freed = prune_cache(parse_bytes(args.max_size))
+        print(f"Removed {_human_bytes(freed)} of least recently used entries (limit {args.max_size})")
+    entries = cache_entries()
+    total = sum(e.bytes for e in entries)
+    print(f"{cache_root()}: {len(entries)} materialized checkpoints, {_human_bytes(total)} "
+          f"(limit {_human_bytes(cache_limit())}, SWEET_HUB_CACHE_LIMIT)")
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+        print(f"  {e.size:<10}{_human_bytes(e.bytes):>10}  last used {when}  {e.source}")
+    return {"entries": len(entries), "bytes": total}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,8 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token")
     p.set_defaults(func=cmd_push)
 
-    p = sub.add_parser("cache", help="show or clear the materialization cache")
-    p.add_argument("--clear", action="store_true")
+    p = sub.add_parser("cache", help="list, prune or clear the materialization cache")
+    p.add_argument("--clear", action="store_true", help="remove every entry")
+    p.add_argument("--max-size", help="remove least recently used entries until the cache fits (e.g. 1GB)")
     p.set_defaults(func=cmd_cache)
     return parser
 

@@ -72,3 +72,77 @@ def test_unwritable_cache_warns_and_still_loads(template_dir, tmp_path, monkeypa
         model = timm.create_model(f"local-dir:{template_dir}", depth=3, width=48, pretrained=True)
     expected = SweetTemplate.from_pretrained(template_dir).materialize(3, 48)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
+
+
+def test_cache_is_capped_least_recently_used_first(template_dir, fresh_cache, monkeypatch, capsys):
+    from sweet_hub.cache import cache_entries
+    from sweet_hub.cli import main
+
+    sizes = [(2, 32), (2, 48), (2, 64)]
+    for depth, width in sizes:
+        timm.create_model(f"local-dir:{template_dir}", depth=depth, width=width, pretrained=True)
+    entries = {e.size: e for e in cache_entries()}
+    assert set(entries) == {"2x32", "2x48", "2x64"}
+    timm.create_model(f"local-dir:{template_dir}", depth=2, width=32, pretrained=True)  # 2x32 is used again
+    limit = entries["2x64"].bytes + entries["2x32"].bytes + 1
+    monkeypatch.setenv("SWEET_HUB_CACHE_LIMIT", str(limit))
+    timm.create_model(f"local-dir:{template_dir}", depth=3, width=32, pretrained=True)  # a new entry: evict to fit
+    # least recently used first: 2x48 (oldest), then 2x64; 2x32 was used again and fits beside the new 3x32
+    assert {e.size for e in cache_entries()} == {"2x32", "3x32"}
+    assert sum(e.bytes for e in cache_entries()) <= limit
+    assert main(["cache"]) == 0
+    assert "3x32" in capsys.readouterr().out
+    assert main(["cache", "--max-size", "0"]) == 0 and cache_size() == (0, 0)
+
+
+_LOADER = """
+import os, sys, time, torch, timm
+os.environ["SWEET_HUB_CACHE"] = {cache!r}
+import sweet_hub
+while time.time() < {start}:
+    time.sleep(0.001)
+m = timm.create_model("local-dir:{template}", depth=3, width=48, pretrained=True)
+torch.save({{k: v.clone() for k, v in m.state_dict().items()}}, {out!r})
+"""
+
+
+def test_four_processes_on_a_cold_cache_agree_on_one_entry(template_dir, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    cache = tmp_path / "cold"
+    start = time.time() + 6  # all four start loading at the same moment, after their imports
+    procs = [subprocess.Popen([sys.executable, "-c", _LOADER.format(cache=str(cache), start=start, template=template_dir,
+                                                                     out=str(tmp_path / f"{i}.pt"))]) for i in range(4)]
+    assert all(p.wait(timeout=180) == 0 for p in procs)
+    states = [torch.load(tmp_path / f"{i}.pt") for i in range(4)]
+    expected = SweetTemplate.from_pretrained(template_dir).materialize(3, 48).state_dict()
+    assert all(torch.equal(s[k], expected[k]) for s in states for k in expected)
+    assert len(list(cache.glob("*.safetensors"))) == 1 and not list(cache.glob("*.tmp"))
+
+
+def test_clear_during_loads_never_fails_a_load(template_dir, fresh_cache):
+    import threading
+
+    from sweet_hub.cache import clear_cache
+
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def clearer():
+        while not stop.is_set():
+            clear_cache()
+
+    thread = threading.Thread(target=clearer)
+    thread.start()
+    try:
+        for i in range(30):
+            try:
+                timm.create_model(f"local-dir:{template_dir}", depth=2 + i % 2, width=32, pretrained=True)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
