@@ -11,7 +11,8 @@ nested keys dotted: ``template.anchors=[[4,64],[8,128]]``). One loop serves ever
 replays it exactly), builds multi-crop views, asks the method for student embeddings (SWEET
 materializes the sampled size's weights inside the step), and applies the shared contrastive
 loss. Accelerate handles processes (DDP/gloo on CPU), bf16 and checkpoints; checkpoints are
-written to a temporary folder and renamed, so a kill never leaves a half-written one.
+written to a temporary folder, completed with a manifest, synced and renamed, and ``--resume``
+skips any that is torn (checkpoints.py).
 
 At the end the method's artefact is written (a SWEET template as a Hub repo folder with its model
 card), evaluated by k-NN, and the loss curve is plotted.
@@ -26,7 +27,6 @@ import json
 import os
 import random
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +39,7 @@ from timm.optim import param_groups_weight_decay
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweet_hub.files import write_text
+from training.checkpoints import latest_complete_checkpoint, save_checkpoint
 from training.config import ConfigError, TrainConfig, config_help, load_config, set_cpu_threads
 from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors
 from training.methods import PretrainMethod
@@ -105,30 +106,6 @@ def _progress(step: int, max_steps: int, seconds: float, budget: float | None) -
     """Fraction of the run done: by steps, or by elapsed training time when a time budget is set."""
     fraction = step / max_steps
     return min(1.0, max(fraction, seconds / budget) if budget else fraction)
-
-
-def _checkpoint_dirs(output_dir: Path) -> list[Path]:
-    root = output_dir / "checkpoints"
-    dirs = [p for p in root.glob("step_*") if p.is_dir()] if root.is_dir() else []
-    return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
-
-
-def save_checkpoint(accelerator, output_dir: Path, step: int, total_limit: int) -> None:
-    """save_state into a temporary folder, then rename it (atomic) and prune old checkpoints."""
-    tmp = output_dir / "checkpoints" / f".tmp_step_{step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = output_dir / "checkpoints" / f"step_{step}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in _checkpoint_dirs(output_dir)[:-total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
 
 
 class CSVLog:
@@ -224,11 +201,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         accelerator.register_for_checkpointing(teacher)
 
     if resume:
-        checkpoints = _checkpoint_dirs(output_dir)
-        if not checkpoints:
-            raise ConfigError(f"--resume: no checkpoint in {output_dir / 'checkpoints'}; start without --resume.")
-        accelerator.load_state(str(checkpoints[-1]))
-        accelerator.print(f"Resumed from {checkpoints[-1]} at step {state.step}")
+        checkpoint = latest_complete_checkpoint(output_dir, report=accelerator.print)
+        if checkpoint is None:
+            raise ConfigError(f"--resume: no complete checkpoint in {output_dir / 'checkpoints'}; start without --resume.")
+        accelerator.load_state(str(checkpoint))
+        accelerator.print(f"Resumed from {checkpoint} at step {state.step}")
     if accelerator.is_main_process:
         write_text(output_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log = CSVLog(output_dir / "train_log.csv", state.step) if accelerator.is_main_process else None
