@@ -33,6 +33,7 @@ from typing import Any
 from common import ROOT, command, pyplot, save_result
 
 GENTLE = {"global_scale": [0.5, 1.0], "local_scale": [0.2, 0.5]}
+R192 = {**GENTLE, "template.ranks": [96, 192, 192]}
 PLANS: dict[str, dict[str, Any]] = {
     "full": {
         "budget_minutes": 12.0,
@@ -48,6 +49,11 @@ PLANS: dict[str, dict[str, Any]] = {
             "crops_ema": {**GENTLE, "teacher": "ema", "ema_momentum": 0.99},
             "crops_big": {**GENTLE, "anchor_weights": [1, 1, 2], "width_scaling_max": 256},
             "single_8x192": {**GENTLE, "method": "single", "size": [8, 192], "budget_fraction": 1 / 3},
+            # round 2, on the capacity winner that fits the wheel (ranks 96/192/192)
+            "r192_nolocal": {**R192, "n_local": 0},
+            "r192_lr2e-3": {**R192, "lr": 2.0e-3},
+            "r192_t0.1": {**R192, "temperature": 0.1},
+            "r192_big": {**R192, "anchor_weights": [1, 1, 2], "width_scaling_max": 256},
         },
     },
     "quick": {

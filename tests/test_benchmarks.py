@@ -69,3 +69,22 @@ def test_readme_table_renders_existing_results():
 
     section = readme_table.build_section()
     assert section.startswith("## Results")
+
+
+def test_soak_samples_rss_per_load(tmp_path):
+    import soak
+
+    result = soak.main(["--loads", "6", "--out", str(tmp_path / "soak.json")])
+    assert len(result["rss_mb"]) == 6 and all(v > 0 for v in result["rss_mb"])
+    assert (tmp_path / "soak.png").stat().st_size > 0
+
+
+def test_recipe_study_quick(tmp_path):
+    import recipe_study
+
+    result = recipe_study.main(["--quick", "--run-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "rs.json")])
+    assert set(result["variants"]) == {"base", "crops", "single"}
+    base = result["variants"]["base"]
+    assert base["mean_knn_anchors"] is not None and base["mean_knn_unseen"] is not None and base["materialize_ms"]["ms"] > 0
+    assert result["variants"]["single"]["mean_knn_unseen"] is None  # one size: nothing unseen
+    assert {"raw_pixels_knn", "centred_pixels_knn", "pixels_linear_probe", "random_init"} <= set(result["baselines"])
