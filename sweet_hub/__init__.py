@@ -5,6 +5,7 @@
 
 from .config import FORMAT_VERSION, TemplateConfig, format_size, parse_size
 from .errors import (
+    DiskFullError,
     NotASweetTemplateError,
     SizeError,
     SweetHubError,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BUNDLED_TEMPLATE",
+    "DiskFullError",
     "FORMAT_VERSION",
     "NotASweetTemplateError",
     "SizeError",

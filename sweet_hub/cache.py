@@ -22,7 +22,6 @@ Location: ``$SWEET_HUB_CACHE``, else huggingface_hub's assets cache
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import warnings
@@ -43,8 +42,6 @@ from .hub import TemplateFiles
 
 __all__ = ["CacheEntry", "cache_enabled", "cache_entries", "cache_key", "cache_limit", "cache_root", "cache_size", "clear_cache",
            "materialized_state_dict", "prune_cache"]
-
-_logger = logging.getLogger(__name__)
 
 #: bump when materialize_state_dict changes its output for the same files
 MATERIALIZE_VERSION = 1

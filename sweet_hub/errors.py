@@ -9,6 +9,7 @@ against timm or huggingface_hub keeps working.
 from __future__ import annotations
 
 __all__ = [
+    "DiskFullError",
     "NotASweetTemplateError",
     "SizeError",
     "SweetHubError",
@@ -40,3 +41,7 @@ class NotASweetTemplateError(SweetHubError, ValueError):
 
 class TemplateNotAvailableError(SweetHubError, FileNotFoundError):
     """A template cannot be found locally and cannot be downloaded (offline, missing, private)."""
+
+
+class DiskFullError(SweetHubError, OSError):
+    """A file could not be written: no space left (or quota exceeded) where it was going."""

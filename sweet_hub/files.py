@@ -9,6 +9,7 @@ implies, with errors that name the file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,9 +26,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import FORMAT_VERSION
-from .errors import TemplateFileError
+from .errors import DiskFullError, TemplateFileError
 
-__all__ = ["FORMAT_SCALERS", "FORMAT_TEMPLATE", "atomic_write", "file_sha256", "read_safetensors", "save_safetensors",
+__all__ = ["FORMAT_SCALERS", "FORMAT_TEMPLATE", "atomic_write", "file_sha256", "fsync", "read_safetensors", "save_safetensors",
            "staged_folder", "write_text"]
 
 #: dtypes a template or scaler file may hold (read as float32)
@@ -37,31 +38,49 @@ FORMAT_TEMPLATE = "sweet-template"
 FORMAT_SCALERS = "sweet-scalers"
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+def _is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, SafetensorError) and ("No space left" in str(error) or "os error 28" in str(error))
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None], needed_bytes: int = 0) -> None:
     """Call ``write(tmp_path)``, then rename the temporary file over ``path``.
 
     The temporary file lives in the same folder, so the rename is atomic. The result gets
     mode 0o666 minus the process umask (what a plain ``open`` gives): the kernel applies the
     umask when the placeholder is created, and that mode is restored after ``write`` (writers
     such as safetensors recreate the file as 0o600). The umask itself is never changed.
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was; a full disk is a
+    :class:`DiskFullError` naming the file, the bytes it needed (``needed_bytes``) and the free space.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         mode = tmp.stat().st_mode & 0o777
         write(str(tmp))
         os.chmod(tmp, mode)
-        _fsync(tmp)  # the data is on disk before the name points to it (power loss)
+        fsync(tmp)  # the data is on disk before the name points to it (power loss)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if _is_disk_full(e):
+            raise DiskFullError(errno.ENOSPC, f"No space left to write {path} ({needed_bytes:,} bytes needed, "
+                                f"{_free_bytes(path.parent):,} free there); free some space or write elsewhere", str(path)) from None
         raise
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: str | Path) -> None:
+    """Flush a file (or a folder's entries) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -103,14 +122,16 @@ def file_sha256(path: str | Path) -> str:
 
 def write_text(path: str | Path, text: str) -> None:
     """Atomic text write (UTF-8)."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    data = text.encode("utf-8")
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), needed_bytes=len(data))
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
     """Atomic ``safetensors.torch.save_file``; metadata values are stored as strings (JSON for non-str)."""
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(data, tmp, metadata=meta))
+    needed = sum(t.numel() * t.element_size() for t in data.values())
+    atomic_write(path, lambda tmp: save_file(data, tmp, metadata=meta), needed_bytes=needed)
 
 
 def read_safetensors(

@@ -306,3 +306,23 @@ def test_loads_during_saves_never_mix_two_templates(tmp_path):
     finally:
         saver.wait(timeout=120)
     assert saver.returncode == 0 and loads > 5
+
+
+def test_full_disk_names_the_file_the_bytes_and_the_free_space(template_dir, tmp_path, monkeypatch):
+    import errno
+
+    from sweet_hub import DiskFullError, files
+
+    before = _snapshot(template_dir)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "save_file", no_space)
+    with pytest.raises(DiskFullError, match=r"No space left to write .*\.safetensors \([\d,]+ bytes needed, [\d,]+ free there\)"):
+        make_template(seed=3).save_pretrained(template_dir)
+    assert _snapshot(template_dir) == before and not list(template_dir.rglob("*.tmp"))
+    from sweet_hub.cli import main
+
+    monkeypatch.setattr(files, "save_file", no_space)
+    assert main(["export", str(template_dir), "--depth", "2", "--width", "32", str(tmp_path / "e")]) == 2

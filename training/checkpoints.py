@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from sweet_hub.files import file_sha256
+from sweet_hub.files import file_sha256, fsync
 
 __all__ = ["MANIFEST", "checkpoint_dirs", "latest_complete_checkpoint", "save_checkpoint", "verify_checkpoint"]
 
@@ -30,21 +30,13 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_manifest(folder: Path, step: int) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {"step": step, "files": {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                                         for p in files}}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
     for path in [*files, folder / MANIFEST, folder]:
-        _fsync(path)
+        fsync(path)
 
 
 def verify_checkpoint(folder: Path) -> str | None:
@@ -90,7 +82,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, total_limit: int) 
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(final.parent)
+        fsync(final.parent)
         for old in checkpoint_dirs(output_dir)[:-total_limit]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
