@@ -252,7 +252,8 @@ def recipe_section(r: dict[str, Any]) -> list[str]:
                             fmt(v["mean_probe_anchors"]), fmt(v["mean_probe_unseen"]),
                             f"{mat['ms']:.0f} ms ({mat['size']})" if mat else "-", *cells))
     lines += ["", "k-NN (%) per size; * = unseen size (no stored scalers, derived from the nearest anchor). Changes of each "
-              "variant: `benchmarks/recipe_study.py` (PLANS).", "", "![recipe study](benchmarks/results/recipe_study.png)", ""]
+              "variant: `benchmarks/recipe_study.py` (PLANS)." + (f" {r['notes']}" if r.get("notes") else ""), "",
+              "![recipe study](benchmarks/results/recipe_study.png)", ""]
     return lines
 
 

@@ -151,7 +151,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for i, name in enumerate(names):
         rows = result["variants"][name]["sizes"]
         xs = [j + i * width for j, s in enumerate(sizes) if s in rows]
-        ax.bar(xs, [rows[s]["knn"] for s in sizes if s in rows], width, label=name)
+        ax.bar(xs, [rows[s]["knn"] for s in sizes if s in rows], width, label=name, color=plt.cm.tab20(i % 20))
     ax.axhline(result["baselines"]["centred_pixels_knn"], color="k", ls="--", lw=1, label="centred pixels")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))], sizes)
     low = min(r["knn"] for v in result["variants"].values() for r in v["sizes"].values())
