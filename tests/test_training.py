@@ -91,9 +91,9 @@ def test_gradient_accumulation_and_bf16(tmp_path):
     assert all(v.dtype == torch.float32 for v in template_tensors(out / "template").values())  # master weights stay fp32
 
 
-def _kill_at(cmd: list[str], output_dir: Path, seconds: float) -> bool:
-    """Run ``cmd``, SIGKILL it after ``seconds`` of training (once a first checkpoint step began);
-    returns whether a checkpoint was being written at that moment."""
+def _kill_at(cmd: list[str], output_dir: Path, seconds: float, in_save: bool = False) -> bool:
+    """Run ``cmd``, SIGKILL it after ``seconds`` of training, or (``in_save``) as soon as a checkpoint
+    is being written after that; returns whether a checkpoint was being written at that moment."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (output_dir / "train_log.csv").is_file() or len((output_dir / "train_log.csv").read_text().splitlines()) < 2:
@@ -102,6 +102,8 @@ def _kill_at(cmd: list[str], output_dir: Path, seconds: float) -> bool:
         assert time.time() < deadline, "no training step within 240 s"
         time.sleep(0.02)
     time.sleep(seconds)
+    while in_save and proc.poll() is None and not any((output_dir / "checkpoints").glob(".tmp_step_*")):
+        time.sleep(0.001)
     during_save = any((output_dir / "checkpoints").glob(".tmp_step_*"))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -109,8 +111,8 @@ def _kill_at(cmd: list[str], output_dir: Path, seconds: float) -> bool:
 
 
 def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
-    """Kill a run at several moments (save_every=1, so some kills land inside save_state), resume each
-    time from the newest complete checkpoint, and end with the parameters of an uninterrupted run."""
+    """Kill a run at several moments (every other kill inside save_state), resume each time from the
+    newest complete checkpoint, and end with the parameters of an uninterrupted run."""
     import random
 
     steps = ["max_steps=24", "save_every=1", "save_total_limit=2", NO_EVAL]
@@ -119,12 +121,23 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     rng = random.Random(int(os.environ.get("SWEET_KILL_SEED", "0")))
     kills = int(os.environ.get("SWEET_KILLS", "2"))  # SWEET_KILLS=10 for the full experiment
     cmd = [*PRETRAIN, f"output_dir={killed}", *steps]
+    during_save = []
     for i in range(kills):
-        _kill_at(cmd + (["--resume"] if i else []), killed, rng.uniform(0.0, 1.5))
+        during_save.append(_kill_at(cmd + (["--resume"] if i else []), killed, rng.uniform(0.2, 3.0), in_save=i % 2 == 1))
         if (killed / "summary.json").exists():
             break
-    # tear the newest finished checkpoint (as a power loss before the data reached the disk would)
-    newest = sorted((killed / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
+    print(f"{len(during_save)} kills, {sum(during_save)} inside save_state")
+    assert sum(during_save) >= 1 or len(during_save) < 2
+    # run on until two more checkpoints exist, kill, then tear the newest (as a power loss before the data
+    # reached the disk would): the resume must skip it and take the one before
+    steps_done = lambda: [int(p.name.split("_")[1]) for p in (killed / "checkpoints").glob("step_*")]  # noqa: E731
+    target = max(steps_done()) + 2
+    proc = subprocess.Popen(cmd + ["--resume"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while target not in steps_done() and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    newest = killed / "checkpoints" / f"step_{max(steps_done())}"
     torn = next(p for p in newest.rglob("*.safetensors"))
     torn.write_bytes(torn.read_bytes()[:100])
     resumed = run(cmd + ["--resume"])

@@ -71,8 +71,9 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, total_limit: int) 
     """``save_state`` into a temporary folder, add the manifest, sync, rename; keep the newest
     ``total_limit`` checkpoints."""
     tmp = output_dir / "checkpoints" / f".tmp_step_{step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if accelerator.is_main_process:  # leftovers of a killed save or deletion
+        for stale in [*tmp.parent.glob(".tmp_step_*"), *tmp.parent.glob(".trash_step_*")]:
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
@@ -80,9 +81,18 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, total_limit: int) 
         _write_manifest(tmp, step)
         final = output_dir / "checkpoints" / f"step_{step}"
         if final.exists():
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
         fsync(final.parent)
         for old in checkpoint_dirs(output_dir)[:-total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
     accelerator.wait_for_everyone()
+
+
+def _discard(folder: Path) -> None:
+    """Rename a checkpoint out of the ``step_*`` namespace, then delete it: a kill in the middle
+    of the deletion never leaves a half-deleted folder that looks like a checkpoint."""
+    trash = folder.with_name(f".trash_{folder.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
