@@ -102,7 +102,11 @@ def staged_folder(directory: str | Path, last: Sequence[str] = ("config.json",))
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".sweet-staging-", dir=directory))
     try:
-        yield staging
+        try:
+            yield staging
+        except DiskFullError as e:  # name the folder being saved, not the hidden staging folder
+            raise DiskFullError(e.errno, e.strerror.replace(str(staging), str(directory)),
+                                e.filename.replace(str(staging), str(directory))) from None
         names = sorted((p.relative_to(staging) for p in staging.rglob("*") if p.is_file()), key=lambda n: str(n) in last)
         for name in names:
             (directory / name).parent.mkdir(parents=True, exist_ok=True)
