@@ -6,7 +6,7 @@ the size, the dtype and the materialization code version. Stale entries are neve
 removed by ``sweet-hub cache --clear``.
 
 A first load materializes in memory and hands the tensors straight to the model; the entry is
-written afterwards. A cache that cannot be written (read-only, full, no permission) does not stop
+written meanwhile by a background thread (the interpreter waits for it at exit). A cache that cannot be written (read-only, full, no permission) does not stop
 a load: the model is returned and a warning says why the entry was not kept. A file lock per
 entry makes concurrent loads of the same size (threads or processes) materialize it once.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from .files import save_safetensors
 from .hub import TemplateFiles
 
 __all__ = ["CacheEntry", "cache_enabled", "cache_entries", "cache_key", "cache_limit", "cache_root", "cache_size", "clear_cache",
-           "materialized_state_dict", "prune_cache"]
+           "materialized_state_dict", "prune_cache", "wait_for_writes"]
 
 #: bump when materialize_state_dict changes its output for the same files
 MATERIALIZE_VERSION = 1
@@ -129,17 +130,44 @@ def materialized_state_dict(
     try:
         state = _read_entry(path)  # another process may have built it while we waited
         if state is not None:
+            lock.release()
             return state, True
         state = build()
-        metadata = {"format": "sweet-materialized", "source": files.source, "size": format_size(depth, width)}
-        try:
-            save_safetensors(state, path, metadata)
-            prune_cache(cache_limit(), keep=path)
-        except (OSError, SafetensorError) as e:
-            _warn_uncached(root, e)
-        return state, False
+    except BaseException:
+        lock.release()
+        raise
+    # The caller builds its model from `state` now; the entry is written meanwhile, still under
+    # the lock (other processes asking for this size wait for it instead of materializing again).
+    writer = threading.Thread(target=_write_entry, args=(path, state, files.source, format_size(depth, width), lock),
+                              name=f"sweet-hub cache {path.name}")
+    with _pending_lock:
+        writer.start()
+        _pending.append(writer)
+    return state, False
+
+
+_pending: list[threading.Thread] = []
+_pending_lock = threading.Lock()
+
+
+def _write_entry(path: Path, state: dict[str, torch.Tensor], source: str, size: str, lock: FileLock) -> None:
+    try:
+        save_safetensors(state, path, {"format": "sweet-materialized", "source": source, "size": size})
+        prune_cache(cache_limit(), keep=path)
+    except (OSError, SafetensorError) as e:
+        _warn_uncached(path.parent, e)
     finally:
         lock.release()
+
+
+def wait_for_writes() -> None:
+    """Block until the cache entries this process is writing are on disk (listing, clearing and
+    pruning call it; the interpreter also waits for them at exit)."""
+    with _pending_lock:
+        writers = list(_pending)
+        _pending.clear()
+    for writer in writers:
+        writer.join()
 
 
 def _warn_uncached(root: Path, error: BaseException) -> None:
@@ -162,7 +190,12 @@ class CacheEntry:
 
 
 def cache_entries() -> list[CacheEntry]:
-    """The cache's entries, most recently used first."""
+    """The cache's entries, most recently used first (after this process's pending writes)."""
+    wait_for_writes()
+    return _entries()
+
+
+def _entries() -> list[CacheEntry]:
     root = cache_root()
     entries = []
     for path in root.glob("*.safetensors") if root.is_dir() else []:
@@ -194,7 +227,7 @@ def _remove(path: Path) -> int:
 def prune_cache(limit: int, keep: Path | None = None) -> int:
     """Remove least recently used entries until the cache holds at most ``limit`` bytes
     (``keep`` is never removed); returns the bytes freed."""
-    entries = cache_entries()
+    entries = _entries()
     total, freed = sum(e.bytes for e in entries), 0
     for entry in reversed(entries):  # least recently used first
         if total - freed <= limit:

@@ -85,6 +85,7 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_materialize(args: argparse.Namespace) -> dict[str, Any]:
     import timm
 
+    from .cache import wait_for_writes
     from .tucker import materialize_flops
 
     overlay = dict(file=_template_source(args.template)) if Path(_template_source(args.template)).is_dir() \
@@ -92,6 +93,7 @@ def cmd_materialize(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     model = timm.create_model("sweet_vit", depth=args.depth, width=args.width, pretrained=True, pretrained_cfg_overlay=overlay)
     seconds = time.perf_counter() - start
+    wait_for_writes()  # the entry is on disk when the command returns
     template = _load(args)
     report = {
         "size": format_size(args.depth, args.width),

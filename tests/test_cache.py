@@ -7,7 +7,7 @@ import torch
 
 import sweet_hub.timm_models as tm
 from sweet_hub import SweetTemplate
-from sweet_hub.cache import cache_size, clear_cache
+from sweet_hub.cache import cache_size, clear_cache, wait_for_writes
 
 
 def _count_builds(monkeypatch) -> list[int]:
@@ -44,6 +44,7 @@ def test_changed_template_invalidates_the_entry(template_dir, fresh_cache, monke
 
 def test_corrupted_entry_is_rebuilt(template_dir, fresh_cache, monkeypatch):
     timm.create_model(f"local-dir:{template_dir}", depth=2, width=48, pretrained=True)
+    wait_for_writes()
     entry = next(fresh_cache.glob("*.safetensors"))
     entry.write_bytes(b"broken")
     builds = _count_builds(monkeypatch)
