@@ -253,7 +253,7 @@ def recipe_section(r: dict[str, Any]) -> list[str]:
     lines.append(md_row("random init", "-", "-", "-", "-", "-", "-", *[f"{v:.1f}" if v is not None else "-" for v in random_row]))
     for name, v in r["variants"].items():
         cells = [f"{v['sizes'][s]['knn']:.1f}" if s in v["sizes"] else "n/a" for s in sizes]
-        fmt = lambda x: "n/a" if x is None else f"{x:.1f}"  # noqa: E731
+        fmt = lambda x: "n/a" if x is None else f"{x:.1f}"
         mat = v.get("materialize_ms")
         lines.append(md_row(name, f"{v['images_seen']:,}", fmt(v["mean_knn_anchors"]), fmt(v["mean_knn_unseen"]),
                             fmt(v["mean_probe_anchors"]), fmt(v["mean_probe_unseen"]),

@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BUNDLED_TEMPLATE",
-    "DiskFullError",
     "FORMAT_VERSION",
+    "DiskFullError",
     "NotASweetTemplateError",
     "SizeError",
     "SweetHubError",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import timm
-from conftest import make_template
 import torch
+from conftest import make_template
 from safetensors import safe_open
 from safetensors.torch import save_file
 

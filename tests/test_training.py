@@ -130,7 +130,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     assert sum(during_save) >= 1 or len(during_save) < 2
     # run on until two more checkpoints exist, kill, then tear the newest (as a power loss before the data
     # reached the disk would): the resume must skip it and take the one before
-    steps_done = lambda: [int(p.name.split("_")[1]) for p in (killed / "checkpoints").glob("step_*")]  # noqa: E731
+    steps_done = lambda: [int(p.name.split("_")[1]) for p in (killed / "checkpoints").glob("step_*")]
     target = max(steps_done()) + 2
     proc = subprocess.Popen(cmd + ["--resume"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while target not in steps_done() and proc.poll() is None:

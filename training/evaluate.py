@@ -161,7 +161,7 @@ def pixel_baselines(protocol: EvalProtocol) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import timm
 
-    import sweet_hub  # noqa: F401  (registers sweet_* in timm)
+    import sweet_hub
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sweet_vit", help="timm model name, e.g. sweet_vit or vit_small_patch16_224")
