@@ -115,6 +115,7 @@ def materialized_state_dict(
     """
     if not cache_enabled():
         return build(), False
+    wait_for_writes()  # an entry this process is still writing (it holds that entry's lock)
     root = cache_root()
     path = root / f"{cache_key(files, depth, width, dtype)}.safetensors"
     state = _read_entry(path)
@@ -122,7 +123,7 @@ def materialized_state_dict(
         return state, True
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(path) + ".lock")
+        lock = FileLock(str(path) + ".lock", thread_local=False)  # released by the writer thread
         lock.acquire()
     except OSError as e:  # read-only or missing permissions: materialize without the cache
         _warn_uncached(root, e)

@@ -105,7 +105,8 @@ def _kill_at(cmd: list[str], output_dir: Path, seconds: float, in_save: bool = F
     while in_save and proc.poll() is None and not any((output_dir / "checkpoints").glob(".tmp_step_*")):
         time.sleep(0.001)
     during_save = any((output_dir / "checkpoints").glob(".tmp_step_*"))
-    os.kill(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     return during_save
 
@@ -135,7 +136,8 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     proc = subprocess.Popen(cmd + ["--resume"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while target not in steps_done() and proc.poll() is None:
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     newest = killed / "checkpoints" / f"step_{max(steps_done())}"
     torn = next(p for p in newest.rglob("*.safetensors"))
