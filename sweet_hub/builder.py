@@ -67,10 +67,6 @@ def build_vit(variant: str, pretrained: bool, pretrained_cfg: Mapping[str, Any],
     # the only place sweet-hub writes it. timm's factory adds the caller's own kwargs on top.
     target._model_args = {k: v for k, v in kwargs.items()
                           if k not in ("drop_rate", "drop_path_rate", "pretrained_model_args", "features_only", "feature_cls")}
-    if isinstance(target.pretrained_cfg, dict) and "state_dict" in target.pretrained_cfg:
-        # in-memory weights must not stay referenced from the config (twice the memory, unserializable)
-        target.pretrained_cfg = {k: v for k, v in target.pretrained_cfg.items() if k != "state_dict"}
-        target.default_cfg = target.pretrained_cfg
     return model
 
 
@@ -106,7 +102,7 @@ def build_sweet_vit(
             # deep-copies every tensor twice (1.7 s of a 1.9 s first load at 10x512, measured)
             load_pretrained(model, pretrained_cfg={**model.pretrained_cfg, "state_dict": state_dict},
                             num_classes=model.num_classes, in_chans=args["in_chans"], filter_fn=checkpoint_filter_fn)
-    # where the weights came from (the template), never the in-memory tensors
+    # where the weights came from (the template), never the in-memory tensors (twice the memory, unserializable)
     target = getattr(model, "model", model)
     target.pretrained_cfg = {**{k: v for k, v in target.pretrained_cfg.items() if k not in SOURCE_KEYS}, **(provenance or {})}
     target.default_cfg = target.pretrained_cfg

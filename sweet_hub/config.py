@@ -39,6 +39,7 @@ __all__ = [
     "config_json",
     "core_shapes",
     "format_size",
+    "jsonable_info",
     "parse_size",
     "parse_size_key",
     "parse_template_config",
@@ -344,7 +345,7 @@ def scaler_shapes(cfg: TemplateConfig, depth: int, width: int) -> dict[str, tupl
 
 def config_json(cfg: TemplateConfig, scaler_info: Mapping[str, Mapping[str, Any]], card_info: Mapping[str, Any] | None) -> dict[str, Any]:
     """The full config.json of a template: template fields, scaler registry, timm fields."""
-    scalers = {key: {k: v for k, v in info.items() if _jsonable(v)} for key, info in scaler_info.items()}
+    scalers = {key: jsonable_info(info) for key, info in scaler_info.items()}
     return {
         "architecture": ARCHITECTURE,
         "sweet_format_version": FORMAT_VERSION,
@@ -353,6 +354,11 @@ def config_json(cfg: TemplateConfig, scaler_info: Mapping[str, Mapping[str, Any]
         **({"card_info": dict(card_info)} if card_info and _jsonable(card_info) else {}),
         "pretrained_cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in timm_pretrained_cfg(cfg).items()},
     }
+
+
+def jsonable_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a provenance mapping that JSON can store (config.json, safetensors metadata)."""
+    return {k: v for k, v in info.items() if _jsonable(v)}
 
 
 def _jsonable(value: Any) -> bool:

@@ -38,6 +38,7 @@ from .config import (
     config_json,
     core_shapes,
     format_size,
+    jsonable_info,
     parse_size_key,
     read_config_json,
     scaler_filename,
@@ -285,8 +286,7 @@ class SweetTemplate(
         return json.dumps(data, indent=2) + "\n"
 
     def _scaler_metadata(self, key: str) -> dict[str, Any]:
-        info = config_json(self.config, {key: self.scaler_info[key]}, None)["scalers"][key]
-        return {"format": FORMAT_SCALERS, "format_version": str(FORMAT_VERSION), **info}
+        return {"format": FORMAT_SCALERS, "format_version": str(FORMAT_VERSION), **jsonable_info(self.scaler_info[key])}
 
     @classmethod
     def from_pretrained(  # type: ignore[override]

@@ -43,7 +43,7 @@ def _bundled_cfg() -> dict[str, Any]:
     """Registry cfg of the bundled template; without one (a broken install) pretrained=True errors clearly."""
     try:
         cfg = resolve_template_files(BUNDLED_TEMPLATE, tensors=False).template_config
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - registry must import even when the bundled files are broken
         _logger.warning("Bundled SWEET template unavailable (%s); sweet_* models have no default weights.", e)
         return dict(num_classes=10, input_size=(1, 28, 28), first_conv="patch_embed.proj", classifier="head")
     return dict(

@@ -141,7 +141,7 @@ def test_clear_during_loads_never_fails_a_load(template_dir, fresh_cache):
         for i in range(30):
             try:
                 timm.create_model(f"local-dir:{template_dir}", depth=2 + i % 2, width=32, pretrained=True)
-            except BaseException as e:
+            except BaseException as e:  # noqa: BLE001
                 errors.append(e)
     finally:
         stop.set()

@@ -140,19 +140,21 @@ def evaluate_model(model: nn.Module, protocol: EvalProtocol, mean, std, knn: boo
 
 def raw_pixel_knn(protocol: EvalProtocol) -> float:
     """k-NN on raw pixels: the bar a useful initialization must clear."""
-    flat = lambda t: t.images.flatten(1).float() / 255.0
-    return knn_accuracy(flat(protocol.train), protocol.train.labels, flat(protocol.test), protocol.test.labels)
+    return knn_accuracy(_pixels(protocol.train), protocol.train.labels, _pixels(protocol.test), protocol.test.labels)
+
+
+def _pixels(data: ImageTensors) -> Tensor:
+    return data.images.flatten(1).float() / 255.0
 
 
 def pixel_baselines(protocol: EvalProtocol) -> dict[str, float]:
     """What pixels alone score on the protocol: k-NN on raw and on mean-centred pixels (cosine
     k-NN of uncentred pixels is dominated by the shared mean image), and a linear probe."""
-    train = protocol.train.images.flatten(1).float() / 255.0
-    test = protocol.test.images.flatten(1).float() / 255.0
+    train, test = _pixels(protocol.train), _pixels(protocol.test)
     mean = train.mean(0)
     labels = protocol.train.labels, protocol.test.labels
     return {
-        "raw_pixels_knn": knn_accuracy(train, labels[0], test, labels[1]),
+        "raw_pixels_knn": raw_pixel_knn(protocol),
         "centred_pixels_knn": knn_accuracy(train - mean, labels[0], test - mean, labels[1]),
         "pixels_linear_probe": linear_probe(train, labels[0], test, labels[1]),
     }
@@ -161,7 +163,7 @@ def pixel_baselines(protocol: EvalProtocol) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import timm
 
-    import sweet_hub
+    import sweet_hub  # noqa: F401  (registers sweet_* in timm)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sweet_vit", help="timm model name, e.g. sweet_vit or vit_small_patch16_224")
