@@ -6,6 +6,7 @@
 from .config import FORMAT_VERSION, TemplateConfig, format_size, parse_size
 from .errors import (
     DiskFullError,
+    FitError,
     NotASweetTemplateError,
     SizeError,
     SweetHubError,
@@ -24,6 +25,7 @@ __all__ = [
     "BUNDLED_TEMPLATE",
     "FORMAT_VERSION",
     "DiskFullError",
+    "FitError",
     "NotASweetTemplateError",
     "SizeError",
     "SweetHubError",

@@ -5,6 +5,7 @@
     sweet-hub export TEMPLATE --depth L --width D OUT    a stock timm repo folder (no sweet-hub needed)
     sweet-hub push FOLDER org/name                       upload a template or export folder to the Hub
     sweet-hub cache [--clear | --max-size 1GB]           list, clear or prune the materialization cache
+    sweet-hub fit SOURCE --out DIR [--images N]          a template fitted to an existing ViT checkpoint
 
 TEMPLATE is a folder, a Hub repo id (org/name[@revision]) or ``bundled`` (the template shipped
 with sweet-hub). Errors are printed as one line naming the problem and the fix (exit code 2).
@@ -199,6 +200,21 @@ def cmd_cache(args: argparse.Namespace) -> dict[str, Any]:
     return {"entries": len(entries), "bytes": total}
 
 
+def cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
+    from .fit import fit_folder, format_report, parse_anchors, parse_model_args
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise SweetHubError(f"Output folder '{out}' is not empty; pass --overwrite to replace its files or choose another folder.")
+    report = fit_folder(args.source, out, model=args.model, model_args=parse_model_args(args.model_args), num_heads=args.num_heads,
+                        ranks=args.ranks, anchors=parse_anchors(args.anchors), images=args.images, data=args.data, steps=args.steps,
+                        distill_steps=args.distill_steps, patch_size=args.patch_size, knn=not args.no_knn, seed=args.seed)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(format_report(report, out))
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweet-hub", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"sweet-hub {__version__}")
@@ -241,6 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear", action="store_true", help="remove every entry")
     p.add_argument("--max-size", help="remove least recently used entries until the cache fits (e.g. 1GB)")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("fit", help="fit a template to an existing ViT checkpoint (timm name, hf-hub:, local-dir:, .safetensors)")
+    p.add_argument("source", help="timm model name, hf-hub:org/name, local-dir:PATH (or a folder), or a .safetensors file")
+    p.add_argument("--out", required=True, help="template folder to write")
+    p.add_argument("--model", help="timm architecture of a .safetensors SOURCE (e.g. vit_small_patch16_224)")
+    p.add_argument("--model-args", nargs="*", metavar="KEY=VALUE", help="timm.create_model arguments (depth=8 embed_dim=192 ...)")
+    p.add_argument("--num-heads", type=int, help="attention heads of a bare .safetensors state dict (no --model)")
+    p.add_argument("--patch-size", type=int, help="refuse a source whose patch size is not this one")
+    p.add_argument("--ranks", type=int, nargs=3, metavar=("R1", "R2", "R3"), help="Tucker ranks (default: full, exact: 12L D D)")
+    p.add_argument("--anchors", help="extra sizes to store scalers for, e.g. 4x64,6x128 (learned with --images, else derived)")
+    p.add_argument("--images", type=int, help="unlabeled images to distil the source's features on")
+    p.add_argument("--data", default="fashion_mnist", help="dataset of --images and of the k-NN check: fashion_mnist, "
+                   "imagefolder:PATH, or a Hub dataset id (default: fashion_mnist)")
+    p.add_argument("--steps", type=int, default=300, help="refinement steps on the reconstruction error (when not exact)")
+    p.add_argument("--distill-steps", type=int, default=300, help="distillation steps per learned size (with --images)")
+    p.add_argument("--no-knn", action="store_true", help="skip the k-NN check of source vs fitted template")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the report to this JSON file")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_fit)
     return parser
 
 

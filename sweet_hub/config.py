@@ -31,6 +31,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_WIDTH",
     "README_NAME",
+    "READABLE_FORMAT_VERSIONS",
     "SCALERS_DIR",
     "TEMPLATE_NAME",
     "VECTORS_PER_LAYER",
@@ -39,6 +40,7 @@ __all__ = [
     "config_json",
     "core_shapes",
     "format_size",
+    "format_version",
     "jsonable_info",
     "parse_size",
     "parse_size_key",
@@ -54,7 +56,11 @@ __all__ = [
 
 #: Version of the on-disk artefact (config.json + safetensors layout). Bump on any change
 #: that an older reader would misinterpret; readers refuse versions they do not know.
-FORMAT_VERSION = 1
+#: 1: sweet-hub 0.1; 2 adds ``derivation: select`` (fitted templates). A template is written
+#: with the lowest version that describes it (:func:`format_version`), so templates that use
+#: nothing new stay readable by older sweet-hub.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 #: Sizes beyond these are refused: they are far past any ViT trained so far and would only
 #: exhaust memory while materializing.
@@ -72,6 +78,8 @@ README_NAME = "README.md"
 #: the timm architecture a template's config.json names, so ``hf-hub:`` ids resolve to sweet_vit
 ARCHITECTURE = "sweet_vit"
 #: config.json keys that are not TemplateConfig fields
+#: TemplateConfig fields a config.json may omit (added after format version 1, or defaulted)
+_OPTIONAL_FIELDS = ("label_names", "depth_rescale", "width_rescale", "global_pool", "vector_rank", "derivation")
 _NON_TEMPLATE_KEYS = ("architecture", "sweet_format_version", "scalers", "pretrained_cfg", "card_info", "files")
 
 #: q, k, v, o, fc1 rows 0-3, fc2 columns 0-3
@@ -142,6 +150,8 @@ class TemplateConfig:
     # How derived scalers (sizes with no stored scaler file) are rescaled; see template.derive_scalers.
     depth_rescale: bool = True
     width_rescale: bool = False  # measured worse on the bundled template (benchmarks/derived_scalers.py)
+    # 'resample' (SWEET pre-training) or 'select' (fitted to a checkpoint): see tucker.derive_scalers
+    derivation: str = "resample"
     label_names: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -195,6 +205,8 @@ class TemplateConfig:
             raise TemplateConfigError(f"Template config field 'std' must be positive, got {list(self.std)}.")
         if self.global_pool not in ("token", "avg"):
             raise TemplateConfigError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}.")
+        if self.derivation not in ("resample", "select"):
+            raise TemplateConfigError(f"Template config field 'derivation' must be 'resample' or 'select', got {self.derivation!r}.")
         for name in ("depth_rescale", "width_rescale"):
             if not isinstance(getattr(self, name), bool):
                 raise TemplateConfigError(f"Template config field '{name}' must be true or false, got {getattr(self, name)!r}.")
@@ -275,7 +287,7 @@ class TemplateConfig:
         """Build from a config.json mapping; unknown keys are kept in ``extra``, missing ones are errors."""
         if not isinstance(data, Mapping):
             raise TemplateConfigError(f"{source}: expected a JSON object, got {type(data).__name__}.")
-        required = [f for f in cls.field_names() if f not in ("label_names", "depth_rescale", "width_rescale", "global_pool", "vector_rank")]
+        required = [f for f in cls.field_names() if f not in _OPTIONAL_FIELDS]
         missing = [f for f in required if f not in data]
         if missing:
             raise TemplateConfigError(f"{source} is missing the field(s) {', '.join(missing)}; a SWEET template config needs {', '.join(required)}.")
@@ -348,12 +360,17 @@ def config_json(cfg: TemplateConfig, scaler_info: Mapping[str, Mapping[str, Any]
     scalers = {key: jsonable_info(info) for key, info in scaler_info.items()}
     return {
         "architecture": ARCHITECTURE,
-        "sweet_format_version": FORMAT_VERSION,
+        "sweet_format_version": format_version(cfg),
         **cfg.to_dict(),
         "scalers": scalers,
         **({"card_info": dict(card_info)} if card_info and _jsonable(card_info) else {}),
         "pretrained_cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in timm_pretrained_cfg(cfg).items()},
     }
+
+
+def format_version(cfg: TemplateConfig) -> int:
+    """The lowest artefact format version that describes ``cfg`` (see FORMAT_VERSION)."""
+    return 2 if cfg.derivation != "resample" else 1
 
 
 def jsonable_info(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -387,7 +404,7 @@ def read_config_json(path: Path, source: str) -> dict[str, Any]:
             f"'{source}' is not a SWEET template: its config.json has no 'sweet_format_version'.{hint}"
         )
     version = config["sweet_format_version"]
-    if not _is_int(version) or version != FORMAT_VERSION:
+    if not _is_int(version) or version not in READABLE_FORMAT_VERSIONS:
         raise TemplateConfigError(
             f"{path}: sweet_format_version {version!r} is not supported by this sweet-hub (reads version {FORMAT_VERSION}); "
             f"upgrade sweet-hub (pip install -U sweet-hub)."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "DiskFullError",
+    "FitError",
     "NotASweetTemplateError",
     "SizeError",
     "SweetHubError",
@@ -45,3 +46,7 @@ class TemplateNotAvailableError(SweetHubError, FileNotFoundError):
 
 class DiskFullError(SweetHubError, OSError):
     """A file could not be written: no space left (or quota exceeded) where it was going."""
+
+
+class FitError(SweetHubError, ValueError):
+    """A checkpoint cannot be fitted by a template (an architecture the Tucker form cannot hold)."""

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import FORMAT_VERSION
+from .config import FORMAT_VERSION, READABLE_FORMAT_VERSIONS
 from .errors import DiskFullError, TemplateFileError
 
 __all__ = ["FORMAT_SCALERS", "FORMAT_TEMPLATE", "atomic_write", "file_sha256", "fsync", "read_safetensors", "save_safetensors",
@@ -199,7 +199,7 @@ def _check_format(path: Path, metadata: Mapping[str, str], fmt: str) -> None:
     if metadata.get("format") != fmt:
         raise TemplateFileError(f"{path}: metadata format is {metadata.get('format')!r}, expected {fmt!r}: not a SWEET {fmt.split('-')[1]} file.")
     version = metadata.get("format_version")
-    if version != str(FORMAT_VERSION):
+    if version not in {str(v) for v in READABLE_FORMAT_VERSIONS}:
         raise TemplateFileError(
             f"{path}: format_version {version!r} is not supported by this sweet-hub (reads version {FORMAT_VERSION}); "
             f"upgrade sweet-hub (pip install -U sweet-hub) or re-export the template."

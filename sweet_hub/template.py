@@ -29,7 +29,6 @@ from .builder import build_sweet_vit
 from .card import TEMPLATE_TAGS, template_card
 from .config import (
     CONFIG_NAME,
-    FORMAT_VERSION,
     README_NAME,
     SCALERS_DIR,
     TEMPLATE_NAME,
@@ -38,14 +37,18 @@ from .config import (
     config_json,
     core_shapes,
     format_size,
+    format_version,
     jsonable_info,
     parse_size_key,
     read_config_json,
     scaler_filename,
     scaler_shapes,
     size_key,
+    vit_args,
 )
-from .errors import TemplateConfigError, TemplateFileError
+from .decompose import SourceViT, decompose, full_ranks, read_source, reconstruction_errors, refine
+from .distill import TokenDistiller, distill
+from .errors import FitError, TemplateConfigError, TemplateFileError
 from .files import FORMAT_SCALERS, FORMAT_TEMPLATE, file_sha256, read_safetensors, save_safetensors, staged_folder, write_text
 from .hub import TemplateFiles, resolve_template_files
 from .tucker import derive_scalers, init_cores, init_scalers, materialize_state_dict
@@ -91,6 +94,48 @@ def _check_manifest(files: TemplateFiles, reason: TemplateFileError | None = Non
                 f"(a save in progress), or the file is truncated, corrupted or replaced.{detail} Re-download it "
                 f"(force_download=True) or re-save the template."
             )
+
+
+def _fit_config(source: SourceViT, ranks: Any, vector_rank: int | None, anchors: Any, mean: Any, std: Any,
+                label_names: Any) -> TemplateConfig:
+    """The TemplateConfig of a template fitted to ``source`` (full ranks unless given)."""
+    full, full_vector = full_ranks(source)
+    ranks = tuple(ranks) if ranks is not None else full
+    if len(ranks) != 3 or any(not isinstance(r, int) or r < 1 for r in ranks):
+        raise FitError(f"ranks must be 3 positive integers (r1, r2, r3), got {ranks!r}.")
+    if any(r > f for r, f in zip(ranks, full)):
+        raise FitError(f"ranks {list(ranks)} exceed what a {source.size} source has: at most {list(full)} (12 x depth, width, width); "
+                       f"larger ranks cannot add information.")
+    def per_channel(given: Any, from_source: tuple[float, ...]) -> tuple[float, ...]:
+        # timm keeps the 3-channel ImageNet statistics in pretrained_cfg of a model built with
+        # in_chans=1: average them then (what timm's own conv adaptation does to the weights)
+        values = tuple(given or from_source or (0.5,))
+        if len(values) != source.in_chans and not given:
+            values = (sum(values) / len(values),) * source.in_chans
+        return values
+
+    mean, std = per_channel(mean, source.mean), per_channel(std, source.std)
+    sizes = [(source.depth, source.width), *((tuple(a) for a in anchors) if anchors else ())]
+    try:
+        return TemplateConfig(
+            img_size=source.img_size, patch_size=source.patch_size, in_chans=source.in_chans, num_classes=source.num_classes,
+            head_dim=source.head_dim, ranks=ranks, vector_rank=vector_rank or min(full_vector, ranks[1]),
+            anchors=tuple(dict.fromkeys(sizes)), mean=mean, std=std, global_pool=source.global_pool, derivation="select",
+            depth_rescale=True, width_rescale=False, label_names=tuple(label_names) if label_names else None,
+        )
+    except TemplateConfigError as e:
+        raise FitError(f"Cannot fit {source.name}: {e}") from None
+
+
+def _source_distiller(template: SweetTemplate, source: SourceViT, cores: Mapping[str, Tensor], scalers: Mapping[str, Tensor],
+                      train_cores: bool = False) -> TokenDistiller:
+    """A distiller whose teacher is the source checkpoint itself (its tokens mapped to r-space by
+    the U of the fitted source scalers)."""
+    teacher_kwargs = {**vit_args(template.config, source.depth, source.width), "num_heads": source.num_heads}
+    source_u = scalers["U"] if scalers["U"].shape[0] == source.width else template.stored_scalers(source.depth, source.width)["U"]
+    teacher_state = {k: v.float() for k, v in source.state.items()}
+    return TokenDistiller(template.config, cores, scalers, teacher_state, teacher_kwargs, source_u / math.sqrt(source.width),
+                          train_cores=train_cores)
 
 
 class SweetTemplate(
@@ -167,7 +212,7 @@ class SweetTemplate(
         anchor = self.config.nearest_anchor(depth, width)
         return derive_scalers(
             self.stored_scalers(*anchor), depth, width,
-            depth_rescale=self.config.depth_rescale, width_rescale=self.config.width_rescale,
+            depth_rescale=self.config.depth_rescale, width_rescale=self.config.width_rescale, derivation=self.config.derivation,
         )
 
     def scaler_source(self, depth: int, width: int) -> str:
@@ -176,6 +221,118 @@ class SweetTemplate(
         if key in self.scaler_info:
             return self.scaler_info[key]["source"]
         return f"derived from {format_size(*self.config.nearest_anchor(depth, width))}"
+
+    def learn_scalers(self, depth: int, width: int, images: Tensor, steps: int = 300, batch_size: int = 128, lr: float = 1e-3,
+                      seed: int = 0, accelerator: Any = None, progress: bool = True) -> dict[str, Any]:
+        """Learn the scalers of (depth, width) from unlabeled ``images`` (uint8 (N, C, H, W)) and
+        store them (source 'learned'); the template stays frozen.
+
+        They start from the derived scalers and are trained to reproduce, token by token, the
+        features of the largest anchor (:mod:`sweet_hub.distill`). Returns the facts stored with
+        them (images, steps, seconds, distillation loss before and after).
+        """
+        self.config.check_size(depth, width)
+        teacher = self.config.largest_anchor
+        with torch.no_grad():
+            teacher_state = self.state_dict_for(*teacher)
+            teacher_to_r = self.scalers_for(*teacher)["U"] / math.sqrt(teacher[1])
+        student = TokenDistiller(self.config, dict(self.cores.items()), self.scalers_for(depth, width), teacher_state,
+                                 vit_args(self.config, *teacher), teacher_to_r)
+        facts = distill(student, images, steps=steps, batch_size=batch_size, lr=lr, seed=seed, accelerator=accelerator,
+                        progress=progress, desc=f"learn scalers {format_size(depth, width)}")
+        facts["teacher"] = format_size(*teacher)
+        self.add_scalers(depth, width, {k: v.detach() for k, v in student.scalers.items()}, source="learned", **facts)
+        return facts
+
+    # fitting to a checkpoint ------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        model_or_state_dict: nn.Module | Mapping[str, Tensor],
+        ranks: tuple[int, int, int] | None = None,
+        anchors: list[tuple[int, int]] | None = None,
+        images: Tensor | None = None,
+        steps: int = 300,
+        *,
+        vector_rank: int | None = None,
+        patch_size: int | None = None,
+        distill_steps: int = 300,
+        num_heads: int | None = None,
+        global_pool: str | None = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        label_names: list[str] | None = None,
+        lr: float = 1e-3,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> SweetTemplate:
+        """A template fitted to an existing ViT (a timm ``VisionTransformer`` or its state dict).
+
+        The source's size becomes an anchor whose scalers reproduce it (exactly at the default,
+        full ranks (12L, D, D)); every other size gets scalers derived by layer and channel
+        selection (``derivation='select'``: smaller sizes are weight selection from the source,
+        larger ones duplicate channels and layers). Steps:
+
+        1. higher-order SVD of the source's stacked blocks and embeddings (:mod:`sweet_hub.decompose`);
+        2. ``steps`` Adam steps on the relative reconstruction error (skipped when exact);
+        3. with ``images`` (uint8 (N, C, H, W), unlabeled): when the reconstruction is not exact,
+           ``distill_steps`` of token distillation of the template at the source's size towards the
+           source; then the scalers of each extra ``anchors`` size are learned the same way (the
+           source is the teacher). Without images, extra anchors store derived scalers.
+
+        ``patch_size``, when given, is checked against the source's (a template cannot change it).
+        ``num_heads`` (and ``global_pool``) are needed for a bare state dict. ``mean``/``std``
+        default to the source's ``pretrained_cfg``. The report (errors per tensor kind, time,
+        distillation losses) is in ``template.card_info['fit']`` and in the model card.
+        """
+        started = time.perf_counter()
+        source = read_source(model_or_state_dict, num_heads=num_heads, global_pool=global_pool)
+        if patch_size is not None and patch_size != source.patch_size:
+            raise FitError(f"Cannot fit {source.name}: the patch size differs: the source has patch {source.patch_size}, "
+                           f"{patch_size} was asked; a template keeps its source's patch embedding (fit a checkpoint with "
+                           f"patch {patch_size}, or drop the patch size requirement).")
+        cfg = _fit_config(source, ranks, vector_rank, anchors, mean, std, label_names)
+        cores, scalers = decompose(source, cfg)
+        target = source.state
+        hosvd = reconstruction_errors(materialize_state_dict(cores, scalers, cfg), target)
+        exact = max(hosvd.values()) < 1e-4
+        refine_steps = 0 if exact else steps
+        if refine_steps:
+            cores, scalers, _ = refine(cores, scalers, source, cfg, refine_steps, lr=lr, progress=progress)
+        errors = reconstruction_errors(materialize_state_dict(cores, scalers, cfg), target)
+        with torch.device("meta"):
+            template = cls(cfg)
+        template.cores = nn.ParameterDict({k: nn.Parameter(v) for k, v in cores.items()})
+        template.scalers.clear()
+        template.scaler_info.clear()
+        facts: dict[str, Any] = {"source": source.name, "source_size": source.size, "source_params": sum(v.numel() for v in source.state.values()),
+                                 "ranks": list(cfg.ranks), "vector_rank": cfg.vector_rank, "hosvd_errors": hosvd,
+                                 "refine_steps": refine_steps, "errors": errors}
+        if images is not None and not exact and distill_steps:
+            student = _source_distiller(template, source, cores, scalers, train_cores=True)
+            facts["source_distill"] = distill(student, images, steps=distill_steps, lr=lr, seed=seed, progress=progress,
+                                              desc=f"distill {source.size}")
+            cores, scalers = student.core_tensors(), dict(student.scalers.items())
+            template.cores = nn.ParameterDict({k: nn.Parameter(v.detach().clone()) for k, v in cores.items()})
+            facts["errors_after_distill"] = reconstruction_errors(materialize_state_dict(cores, scalers, cfg), target)
+        template.add_scalers(source.depth, source.width, scalers, source="fitted", checkpoint=source.name)
+        for depth, width in cfg.anchors:
+            if (depth, width) == (source.depth, source.width):
+                continue
+            derived = derive_scalers(template.stored_scalers(source.depth, source.width), depth, width,
+                                     depth_rescale=cfg.depth_rescale, derivation=cfg.derivation)
+            if images is None:
+                template.add_scalers(depth, width, derived, source="derived", rule="select")
+                continue
+            student = _source_distiller(template, source, template.cores, derived)
+            learned = distill(student, images, steps=distill_steps, lr=lr, seed=seed, progress=progress,
+                              desc=f"learn scalers {format_size(depth, width)}")
+            template.add_scalers(depth, width, {k: v.detach() for k, v in student.scalers.items()}, source="learned",
+                                 teacher=f"{source.name} ({source.size})", **learned)
+        facts["seconds"] = round(time.perf_counter() - started, 1)
+        template.card_info["fit"] = facts
+        return template.eval()
 
     # materialization -------------------------------------------------------------------------
 
@@ -257,7 +414,7 @@ class SweetTemplate(
                 names.append(name)
             save_safetensors(
                 dict(self.cores.items()), staging / TEMPLATE_NAME,
-                {"format": FORMAT_TEMPLATE, "format_version": str(FORMAT_VERSION), "ranks": list(cfg.ranks), "vector_rank": cfg.vector_rank},
+                {"format": FORMAT_TEMPLATE, "format_version": str(format_version(cfg)), "ranks": list(cfg.ranks), "vector_rank": cfg.vector_rank},
             )
             self.generate_model_card(**(model_card_kwargs or {})).save(staging / README_NAME)
             write_text(staging / CONFIG_NAME, self._config_json_text({n: file_sha256(staging / n) for n in [TEMPLATE_NAME, *names]}))
@@ -286,7 +443,7 @@ class SweetTemplate(
         return json.dumps(data, indent=2) + "\n"
 
     def _scaler_metadata(self, key: str) -> dict[str, Any]:
-        return {"format": FORMAT_SCALERS, "format_version": str(FORMAT_VERSION), **jsonable_info(self.scaler_info[key])}
+        return {"format": FORMAT_SCALERS, "format_version": str(format_version(self.config)), **jsonable_info(self.scaler_info[key])}
 
     @classmethod
     def from_pretrained(  # type: ignore[override]

@@ -44,12 +44,14 @@ from torch import Tensor
 from .config import BLOCKS_PER_LAYER, VECTORS_PER_LAYER, TemplateConfig, core_shapes, scaler_shapes
 
 __all__ = [
+    "DERIVATIONS",
     "derive_scalers",
     "init_cores",
     "init_scalers",
     "materialize_flops",
     "materialize_state_dict",
     "resample_rows",
+    "select_layers",
 ]
 
 # Blocks and vectors that write into the residual stream (attn proj, fc2): the ones derived
@@ -57,6 +59,10 @@ __all__ = [
 _RESIDUAL_BLOCKS = (3, 8, 9, 10, 11)
 _RESIDUAL_VECTORS = (5, 12)
 _NORM_WEIGHT_VECTORS = (0, 6)
+#: how :func:`derive_scalers` maps an anchor's scalers to another size
+DERIVATIONS = ("resample", "select")
+#: relative spread of the read weights of duplicated channels (select, wider than the source)
+_DUPLICATE_SPREAD = 0.25
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,18 +226,50 @@ def resample_rows(tensor: Tensor, rows: int) -> Tensor:
     return out[0].T.reshape(rows, *tensor.shape[1:])
 
 
+def select_layers(src_depth: int, depth: int) -> list[int]:
+    """Evenly spaced layers ``linspace(0, L_src - 1, depth)`` (first and last kept; repeats when deeper)."""
+    return torch.linspace(0, src_depth - 1, depth).round().long().tolist()
+
+
+def _select_width(U: Tensor, V: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Channel selection of U and V for :func:`derive_scalers` with ``derivation='select'``.
+
+    Narrower: the first ``width`` channels (whole heads, as weight selection does), with V scaled
+    by sqrt(width / D_src) so the materialized weights are exactly the selected source weights
+    (materialization carries a 1/sqrt(width) factor). Wider: channel j copies channel
+    j mod D_src, with V scaled by sqrt(D_src / width), which reproduces the source function
+    exactly when width is a multiple of D_src (every sum over duplicated inputs is divided by the
+    number of copies). The copies of a channel read with weights spread by +-25% around that
+    (summing to the same total), so they do not receive identical gradients and can diverge in
+    fine-tuning (Net2Net's symmetry breaking).
+    """
+    src_width = U.shape[0]
+    if width <= src_width:
+        return U[:width], V[:width] * math.sqrt(width / src_width)
+    index = torch.arange(width) % src_width
+    copies = torch.bincount(index, minlength=src_width)
+    rank_in_copies = torch.arange(width) // src_width
+    spread = torch.zeros(width, dtype=V.dtype, device=V.device)
+    many = copies[index] > 1
+    m = copies[index][many].to(V.dtype)
+    spread[many] = _DUPLICATE_SPREAD * (2 * rank_in_copies[many].to(V.dtype) / (m - 1) - 1)
+    return U[index], V[index] * math.sqrt(src_width / width) * (1 + spread).unsqueeze(1)
+
+
 def derive_scalers(
     source: Mapping[str, Tensor],
     depth: int,
     width: int,
     depth_rescale: bool = True,
     width_rescale: bool = False,
+    derivation: str = "resample",
 ) -> dict[str, Tensor]:
     """Scalers for (depth, width) from the scalers of another size (zero-cost, differentiable).
 
-    X is resampled along depth and U, V along width. Two optional corrections keep the
-    materialized function close to the source's, assuming channels vary smoothly along the
-    resampled axes (which width-wise stochastic scaling trains for):
+    ``derivation='resample'`` (templates pre-trained by SWEET): X is linearly resampled along
+    depth and U, V along width, assuming channels and layers vary smoothly along those axes,
+    which width-wise stochastic scaling trains for. Two optional corrections keep the
+    materialized function close to the source's:
 
     - depth_rescale: a model k times deeper applies each residual update ~k times, so the
       blocks and biases that write into the residual stream (attn.proj, mlp.fc2) are scaled by
@@ -240,12 +278,27 @@ def derive_scalers(
       stream; V is scaled by sqrt(D_source / D) to cancel that against the 1/sqrt(D) factor.
       Off by default: on the bundled template it cost 1.1-1.6 k-NN points on average over 6 unseen
       sizes (benchmarks/derived_scalers.py), while depth_rescale was neutral to +1.9 (10 x 512).
+
+    ``derivation='select'`` (templates fitted to a checkpoint, :meth:`SweetTemplate.fit`, whose
+    channels and layers have no order): layers ``linspace(0, L_src - 1, L)`` and channels
+    selected or duplicated (:func:`_select_width`); smaller sizes are then exactly weight
+    selection from the source. depth_rescale applies only when layers are repeated (deeper than
+    the source); width_rescale is not used (the selection carries its own exact scale).
     """
+    if derivation not in DERIVATIONS:
+        raise ValueError(f"derivation must be one of {DERIVATIONS}, got {derivation!r}")
     src_depth, src_width = source["X"].shape[0], source["U"].shape[0]
-    X = resample_rows(source["X"], depth)
-    X_vec = resample_rows(source["X_vec"], depth)
-    U = resample_rows(source["U"], width)
-    V = resample_rows(source["V"], width)
+    if derivation == "select":
+        layers = select_layers(src_depth, depth)
+        X, X_vec = source["X"][layers], source["X_vec"][layers]
+        U, V = _select_width(source["U"], source["V"], width)
+        depth_rescale = depth_rescale and depth > src_depth
+        width_rescale = False
+    else:
+        X = resample_rows(source["X"], depth)
+        X_vec = resample_rows(source["X_vec"], depth)
+        U = resample_rows(source["U"], width)
+        V = resample_rows(source["V"], width)
     if depth_rescale and depth != src_depth:
         block_scale = torch.ones(BLOCKS_PER_LAYER, 1, dtype=X.dtype, device=X.device)
         block_scale[list(_RESIDUAL_BLOCKS)] = src_depth / depth

@@ -8,7 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sweet_hub"
 #: lowest floor first; a module may import any module listed before it
-FLOORS = ["errors", "config", "tucker", "files", "card", "hub", "builder", "template", "cache", "timm_models", "export", "cli"]
+FLOORS = ["errors", "config", "tucker", "decompose", "files", "data", "knn", "card", "hub", "builder", "distill", "template", "cache",
+          "timm_models", "export", "fit", "cli"]
 
 
 def _imports(path: Path) -> set[str]:

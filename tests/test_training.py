@@ -190,7 +190,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
 
 
 def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch):
-    from training import data
+    from sweet_hub import data
 
     monkeypatch.setattr(data, "FMNIST_DIR", tmp_path / "nothing")
     with pytest.raises(data.DataError, match="apt-get install -y dataset-fashion-mnist"):
@@ -214,11 +214,11 @@ def test_imagefolder_dataset(tmp_path):
 
 def test_template_of_another_format_version_is_refused(tmp_path, template_dir):
     config = json.loads((template_dir / "config.json").read_text())
-    config["sweet_format_version"] = 2
+    config["sweet_format_version"] = 3
     (template_dir / "config.json").write_text(json.dumps(config))
     result = run([sys.executable, str(ROOT / "training" / "learn_scalers.py"), "--template", str(template_dir),
                   "--depth", "3", "--width", "48"], check=False)
-    assert result.returncode == 2 and "sweet_format_version 2 is not supported" in result.stderr
+    assert result.returncode == 2 and "sweet_format_version 3 is not supported" in result.stderr
 
 
 def test_learn_scalers_improves_distillation_and_leaves_template_untouched(template_dir):
@@ -253,13 +253,14 @@ class _StubAccelerator:
 
 
 def test_learn_scalers_gives_each_process_its_own_share_of_the_batch(tiny_template, monkeypatch):
+    from sweet_hub import distill
     from training import learn_scalers as ls
 
     seen: dict[int, list[torch.Tensor]] = {0: [], 1: []}
-    original = ls.MultiCropAugment.__call__
+    original = distill.MultiCropAugment.__call__
     images = torch.randint(0, 255, (64, 1, 28, 28), dtype=torch.uint8)
     for rank in (0, 1):
-        monkeypatch.setattr(ls.MultiCropAugment, "__call__", lambda self, x, seed, r=rank: (seen[r].append(x), original(self, x, seed))[1])
+        monkeypatch.setattr(distill.MultiCropAugment, "__call__", lambda self, x, seed, r=rank: (seen[r].append(x), original(self, x, seed))[1])
         ls.learn_scalers(tiny_template, 3, 48, images, steps=2, batch_size=32, accelerator=_StubAccelerator(rank, 2), progress=False)
     assert [len(x) for x in seen[0]] == [16, 16] and [len(x) for x in seen[1]] == [16, 16]  # 32 over 2 processes
     assert not torch.equal(seen[0][0], seen[1][0])  # different images on different processes

@@ -15,124 +15,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweet_hub import SweetHubError, SweetTemplate, materialize_state_dict
-from sweet_hub.config import format_size, size_key, vit_args
+from sweet_hub import SweetHubError, SweetTemplate
+from sweet_hub.config import size_key
 from training.config import set_cpu_threads
-from training.data import DataError, MultiCropAugment, load_image_tensors, normalize
-from training.selfsup import cosine_schedule
+from training.data import DataError, load_image_tensors
 
-__all__ = ["ScalerStudent", "learn_scalers", "main"]
-
-
-class TokenSkeleton(nn.Module):
-    """A parameter-free (meta) timm ViT whose forward returns all output tokens (forward_features)."""
-
-    def __init__(self, vit_kwargs: dict[str, Any]) -> None:
-        super().__init__()
-        from timm.models.vision_transformer import VisionTransformer
-
-        with torch.device("meta"):
-            self.vit = VisionTransformer(**{**vit_kwargs, "num_classes": 0})
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.vit.forward_features(images)
-
-    def run(self, state: dict[str, Tensor], images: Tensor) -> Tensor:
-        weights = {f"vit.{k}": v for k, v in state.items() if not k.startswith("head.")}
-        return functional_call(self, weights, (images,), strict=True, tie_weights=False)
-
-
-class ScalerStudent(nn.Module):
-    """Trainable scalers of one size on a frozen template, distilled from its largest anchor."""
-
-    def __init__(self, template: SweetTemplate, depth: int, width: int) -> None:
-        super().__init__()
-        self.template = template.requires_grad_(False)
-        self.depth, self.width = depth, width
-        self.scalers = nn.ParameterDict({k: nn.Parameter(v.detach().clone()) for k, v in template.scalers_for(depth, width).items()})
-        cfg = template.config
-        self.teacher_size = cfg.largest_anchor
-        # meta-device skeletons live outside the module tree so .to()/accelerate.prepare skip them
-        self._nets = {"student": TokenSkeleton(vit_args(cfg, depth, width)), "teacher": TokenSkeleton(vit_args(cfg, *self.teacher_size))}
-        with torch.no_grad():
-            self.teacher_state = template.state_dict_for(*self.teacher_size)
-            self.teacher_to_r = template.scalers_for(*self.teacher_size)["U"] / math.sqrt(self.teacher_size[1])
-
-    def forward(self, images: Tensor) -> Tensor:
-        """Mean (1 - cosine similarity) of student and teacher tokens in r-space."""
-        if self.teacher_to_r.device != images.device:
-            self.teacher_state = {k: v.to(images.device) for k, v in self.teacher_state.items()}
-            self.teacher_to_r = self.teacher_to_r.to(images.device)
-        with torch.no_grad():
-            target = self._nets["teacher"].run(self.teacher_state, images) @ self.teacher_to_r
-        state = materialize_state_dict(dict(self.template.cores.items()), dict(self.scalers.items()), self.template.config)
-        student = self._nets["student"].run(state, images) @ (self.scalers["U"] / math.sqrt(self.width))
-        return (1 - F.cosine_similarity(student, target, dim=-1)).mean()
-
-
-@torch.no_grad()
-def distillation_loss(student: ScalerStudent, images: Tensor, batch_size: int = 256) -> float:
-    """Mean distillation loss over ``images`` (normalized float), without augmentation."""
-    losses = [student(images[i:i + batch_size]).item() * len(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return sum(losses) / len(images)
+__all__ = ["learn_scalers", "main"]
 
 
 def learn_scalers(template: SweetTemplate, depth: int, width: int, images: Tensor, steps: int = 300, batch_size: int = 128,
                   lr: float = 1e-3, seed: int = 0, accelerator=None, progress: bool = True) -> dict[str, Any]:
-    """Train the scalers of (depth, width); store them in ``template`` (source 'learned').
-
-    ``images`` are uint8 (N, C, H, W). Returns the facts stored with the scalers (images, steps,
-    seconds, distillation loss before and after on the un-augmented images).
-    """
-    from tqdm.auto import tqdm
-
-    cfg = template.config
-    cfg.check_size(depth, width)
-    student = ScalerStudent(template, depth, width)
-    augment = MultiCropAugment(cfg.img_size, cfg.mean, cfg.std, n_global=1, n_local=0, global_scale=(0.5, 1.0), jitter=0.2)
-    clean = normalize(images, cfg.mean, cfg.std)
-    optimizer = torch.optim.AdamW(student.scalers.parameters(), lr=lr, weight_decay=0.0)
-    if accelerator is not None:
-        student, optimizer = accelerator.prepare(student, optimizer)
-    raw = student if accelerator is None else accelerator.unwrap_model(student)
-    before = distillation_loss(raw, clean)
-    # under `accelerate launch` every process draws its own share of the batch (rank 0 alone
-    # draws exactly what a single process draws)
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
-    per_process = max(1, min(batch_size, len(images)) // world)
-    generator = torch.Generator().manual_seed(seed + 1_000_003 * rank)
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"learn scalers {format_size(depth, width)}", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_schedule(step, steps, max(1, steps // 10), lr, lr * 0.01)
-        index = torch.randint(len(images), (per_process,), generator=generator)
-        (views,), _ = augment(images[index], seed * 1_000_003 + step + 7_919 * rank)
-        loss = student(views)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward() if accelerator is None else accelerator.backward(loss)
-        optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    seconds = time.perf_counter() - start
-    after = distillation_loss(raw, clean)
-    facts = {"images": len(images), "steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1),
-             "teacher": format_size(*raw.teacher_size),
-             "distill_loss_before": round(before, 5), "distill_loss_after": round(after, 5)}
-    template.add_scalers(depth, width, {k: v.detach() for k, v in raw.scalers.items()}, source="learned", **facts)
-    return facts
+    """:meth:`SweetTemplate.learn_scalers` (kept as a function for scripts written against 0.1)."""
+    return template.learn_scalers(depth, width, images, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                  accelerator=accelerator, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

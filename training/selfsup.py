@@ -21,6 +21,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from sweet_hub.knn import pooled_features
+
 __all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "contrastive_loss", "cosine_schedule", "gather_batches", "pooled_features"]
 
 
@@ -121,10 +123,6 @@ class FunctionalViT:
         model = self.skeleton(depth, width, num_heads)
         weights = {k: v for k, v in state.items() if not k.startswith("head.")}
         return functional_call(model, weights, (images,), strict=True, tie_weights=False)
-
-
-def pooled_features(model: nn.Module, images: Tensor) -> Tensor:
-    return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
 def cosine_schedule(step: int, total: int, warmup: int, base: float, final: float, progress: float | None = None) -> float:

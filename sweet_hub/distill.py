@@ -1,0 +1,130 @@
+"""Token distillation on unlabeled images: teach a template's tensors to reproduce a teacher ViT.
+
+Used to learn the scalers of a new size (the template frozen, the teacher its largest anchor)
+and to fit a template to a checkpoint (the teacher the checkpoint). Student and teacher may have
+different widths, so both are compared in the template's r-space (``tokens @ U / sqrt(width)``,
+with the U of each side's scalers), the space the pre-training projection head reads. The loss
+is the mean (1 - cosine similarity) over all output tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .config import TemplateConfig, vit_args
+from .data import MultiCropAugment, normalize
+from .tucker import materialize_state_dict
+
+__all__ = ["TokenDistiller", "TokenSkeleton", "distill", "distillation_loss"]
+
+
+class TokenSkeleton(nn.Module):
+    """A parameter-free (meta) timm ViT whose forward returns all output tokens (forward_features)."""
+
+    def __init__(self, vit_kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        with torch.device("meta"):
+            self.vit = VisionTransformer(**{**vit_kwargs, "num_classes": 0})
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.vit.forward_features(images)
+
+    def run(self, state: Mapping[str, Tensor], images: Tensor) -> Tensor:
+        weights = {f"vit.{k}": v for k, v in state.items() if not k.startswith("head.")}
+        return functional_call(self, weights, (images,), strict=True, tie_weights=False)
+
+
+class TokenDistiller(nn.Module):
+    """Trainable template tensors of one size, pulled towards a teacher's tokens in r-space.
+
+    ``scalers`` (the student size's X, X_vec, U, V) are always trained; ``cores`` are trained
+    only with ``train_cores=True`` (fitting), else they are frozen buffers (learning scalers).
+    The teacher is a timm ViT state dict with its ``teacher_kwargs`` (VisionTransformer
+    arguments) and ``teacher_to_r`` (D_teacher, r2), the map of its tokens to r-space.
+    """
+
+    def __init__(self, cfg: TemplateConfig, cores: Mapping[str, Tensor], scalers: Mapping[str, Tensor], teacher_state: Mapping[str, Tensor],
+                 teacher_kwargs: dict[str, Any], teacher_to_r: Tensor, train_cores: bool = False) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.depth, self.width = scalers["X"].shape[0], scalers["U"].shape[0]
+        self.scalers = nn.ParameterDict({k: nn.Parameter(v.detach().clone()) for k, v in scalers.items()})
+        if train_cores:
+            self.cores = nn.ParameterDict({k: nn.Parameter(v.detach().clone()) for k, v in cores.items()})
+        else:
+            self.frozen_cores = {k: v.detach() for k, v in cores.items()}
+        # meta-device skeletons live outside the module tree so .to()/accelerate.prepare skip them
+        self._nets = {"student": TokenSkeleton(vit_args(cfg, self.depth, self.width)), "teacher": TokenSkeleton(teacher_kwargs)}
+        self.teacher_state = {k: v.detach().float() for k, v in teacher_state.items()}
+        self.teacher_to_r = teacher_to_r.detach().float()
+
+    def core_tensors(self) -> dict[str, Tensor]:
+        return dict(self.cores.items()) if hasattr(self, "cores") else self.frozen_cores
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Mean (1 - cosine similarity) of student and teacher tokens in r-space."""
+        if self.teacher_to_r.device != images.device:
+            self.teacher_state = {k: v.to(images.device) for k, v in self.teacher_state.items()}
+            self.teacher_to_r = self.teacher_to_r.to(images.device)
+        with torch.no_grad():
+            target = self._nets["teacher"].run(self.teacher_state, images) @ self.teacher_to_r
+        state = materialize_state_dict(self.core_tensors(), dict(self.scalers.items()), self.cfg)
+        student = self._nets["student"].run(state, images) @ (self.scalers["U"] / math.sqrt(self.width))
+        return (1 - F.cosine_similarity(student, target, dim=-1)).mean()
+
+
+@torch.no_grad()
+def distillation_loss(student: TokenDistiller, images: Tensor, batch_size: int = 256) -> float:
+    """Mean distillation loss over ``images`` (normalized float), without augmentation."""
+    losses = [student(images[i:i + batch_size]).item() * len(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return sum(losses) / len(images)
+
+
+def distill(student: TokenDistiller, images: Tensor, steps: int = 300, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
+            accelerator: Any = None, progress: bool = True, desc: str = "distill") -> dict[str, Any]:
+    """Train ``student`` on random crops of ``images`` (uint8 (N, C, H, W)); returns the facts
+    (images, steps, seconds, loss before and after on the un-augmented images).
+
+    Warmup then cosine decay (timm's ``CosineLRScheduler``). Under ``accelerate launch`` every
+    process draws its own share of the batch (rank 0 alone draws what a single process draws).
+    """
+    from timm.scheduler import CosineLRScheduler
+    from tqdm.auto import tqdm
+
+    cfg = student.cfg
+    augment = MultiCropAugment(cfg.img_size, cfg.mean, cfg.std, n_global=1, n_local=0, global_scale=(0.5, 1.0), jitter=0.2)
+    clean = normalize(images, cfg.mean, cfg.std)
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    scheduler = CosineLRScheduler(optimizer, t_initial=steps, lr_min=lr * 0.01, warmup_t=max(1, steps // 10), warmup_lr_init=lr * 0.01)
+    raw = student
+    if accelerator is not None:
+        student, optimizer = accelerator.prepare(student, optimizer)
+        raw = accelerator.unwrap_model(student)
+    before = distillation_loss(raw, clean)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    per_process = max(1, min(batch_size, len(images)) // world)
+    generator = torch.Generator().manual_seed(seed + 1_000_003 * rank)
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        scheduler.step(step)
+        index = torch.randint(len(images), (per_process,), generator=generator)
+        (views,), _ = augment(images[index], seed * 1_000_003 + step + 7_919 * rank)
+        loss = student(views)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward() if accelerator is None else accelerator.backward(loss)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    seconds = time.perf_counter() - start
+    return {"images": len(images), "steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1),
+            "distill_loss_before": round(before, 5), "distill_loss_after": round(distillation_loss(raw, clean), 5)}
