@@ -51,6 +51,15 @@ class DataError(SweetHubError, FileNotFoundError):
     """A dataset cannot be found or read; the message says how to get it."""
 
 
+def _datasets():
+    """The `datasets` library, or a DataError saying how to install it (it is an optional dependency)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("Loading images needs the `datasets` library: pip install 'sweet-hub[train]' (or pip install datasets).") from None
+    return datasets
+
+
 def _read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (the MNIST format): magic, dims, then raw uint8 data."""
     with gzip.open(path, "rb") as f:
@@ -70,7 +79,7 @@ def _fmnist_rows(images_path: str, labels_path: str):
 
 def fashion_mnist(split: str = "train"):
     """Fashion-MNIST from the Debian package as a ``datasets.Dataset`` (cached by datasets)."""
-    import datasets
+    datasets = _datasets()
 
     if split not in _FMNIST_FILES:
         raise DataError(f"Fashion-MNIST has splits 'train' and 'test', not '{split}'.")
@@ -103,7 +112,7 @@ def _digits_rows(split: str):
 def sklearn_digits(split: str = "train"):
     """scikit-learn's 8x8 digits (shipped with scikit-learn, no download) as a ``datasets.Dataset``:
     a transfer set unlike Fashion-MNIST. Fixed split: first 1000 images train, last 797 test."""
-    import datasets
+    datasets = _datasets()
 
     if split not in ("train", "test"):
         raise DataError(f"sklearn_digits has splits 'train' and 'test', not '{split}'.")
@@ -113,7 +122,7 @@ def sklearn_digits(split: str = "train"):
 
 def load_image_dataset(spec: str, split: str = "train"):
     """``fashion_mnist`` | ``sklearn_digits`` | ``imagefolder:PATH`` | a Hub dataset id -> ``datasets.Dataset``."""
-    import datasets
+    datasets = _datasets()
 
     if spec in ("fashion_mnist", "fmnist"):
         return fashion_mnist(split)

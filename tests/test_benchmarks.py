@@ -44,6 +44,18 @@ def test_init_quality_quick_harness(tmp_path):
     assert "poa_equal_images" not in equal["rows"][-1]  # 4x64 is wider than POA's full network
     assert all(0 <= r["knn"] <= 100 for r in equal["rows"]) and (tmp_path / "eq.png").stat().st_size > 0
 
+    import fit_vs_selection
+    import readme_table
+
+    fits = fit_vs_selection.main(["--quick", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "fit.json")])
+    source = fits["fits"]["3x48"]
+    assert abs(source["source"]["knn"] - source["fitted_at_source"]["knn"]) < 1e-6  # full-rank fit is exact
+    rows = {(r["size"], r["init"]): r for r in fits["rows"]}
+    assert rows[("4x64", "weight_selection")]["available"] is False and rows[("2x16", "weight_selection")]["available"] is True
+    assert all(rows[(s, i)]["available"] for s in ("2x16", "2x32", "4x64") for i in ("fit_derived", "fit_learned", "random"))
+    assert (tmp_path / "fit.png").stat().st_size > 0
+    assert "fitted to a checkpoint" in "\n".join(readme_table.fit_section(fits))
+
 
 def test_demo_small(tmp_path):
     import demo
