@@ -61,6 +61,7 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
         "ranks": list(cfg.ranks),
         "vector_rank": cfg.vector_rank,
         "num_classes": cfg.num_classes,
+        "derivation": cfg.derivation,
         "template_params": template.num_template_params(),
         "template_bytes": files.template_path.stat().st_size,
         "sizes": [
@@ -79,7 +80,12 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     print(f"  {'size':<12}{'scalers':<22}{'scaler params':>14}{'model params':>14}")
     for s in info["sizes"]:
         print(f"  {s['size']:<12}{s['source']:<22}{s['scaler_params']:>14,}{s['model_params']:>14,}")
-    print("  any other depth >= 1 and width multiple of head_dim: scalers derived from the nearest anchor")
+    rule = "by layer/channel selection" if cfg.derivation == "select" else "by resampling"
+    print(f"  any other depth >= 1 and width multiple of head_dim: scalers derived from the nearest anchor {rule}")
+    fit = template.card_info.get("fit")
+    if isinstance(fit, dict) and "source_size" in fit:
+        print(f"  fitted to     {fit.get('source')} ({fit['source_size']}); max relative reconstruction error "
+              f"{max(fit.get('errors', {0: 0}).values()):.1e}")
     return info
 
 

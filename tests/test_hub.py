@@ -201,3 +201,20 @@ def test_cli_push_uploads_only_the_artefact_and_refuses_escaping_symlinks(hub, t
     assert main(["push", str(template_dir), "org/cli-symlink"]) == 2
     assert "outside" in capsys.readouterr().err
     assert not hub.olah.repo_path("org/cli-symlink").exists()
+
+
+def test_fit_from_an_hf_hub_checkpoint(hub, tmp_path, hf_cache, fresh_cache, monkeypatch):
+    """`sweet-hub fit hf-hub:...` downloads a plain timm repo (hf_hub_download through the loopback Hub) and fits it."""
+    from sweet_hub.cli import main as cli
+
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=7, in_chans=1, num_classes=10, depth=2,
+                               embed_dim=64, num_heads=2).eval()
+    export_timm(source, tmp_path / "plain")
+    hub.add_repo("org/vit-to-fit", tmp_path / "plain")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache))
+    assert cli(["fit", "hf-hub:org/vit-to-fit", "--out", str(tmp_path / "fitted"), "--no-knn"]) == 0
+    fitted = SweetTemplate.from_pretrained(tmp_path / "fitted")
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(fitted.materialize(2, 64)(x), source(x), rtol=1e-4, atol=1e-5)
+    assert fitted.card_info["fit"]["source"] == "hf-hub:org/vit-to-fit"
