@@ -1,13 +1,16 @@
-"""SWEET vs POA at equal pre-training *time* instead of equal images seen.
+"""SWEET at equal pre-training *time*: given what pre-training each anchor separately costs.
 
-    python benchmarks/equal_compute.py            # after benchmarks/init_quality.py (full plan)
+    python benchmarks/equal_compute.py            # after (or during) benchmarks/init_quality.py (full plan)
     python benchmarks/equal_compute.py --quick    # toy scale
 
 init_quality.py gives every method the same images seen. A SWEET step runs one sampled anchor,
-a POA step runs the full network plus an elastic student, so SWEET finishes the same images in
-a fraction of POA's wall time. This script gives SWEET POA's wall time instead (steps scaled by
-the measured time ratio of the two init_quality runs), evaluates it at the same sizes with the
-same protocol, and sets it beside the POA and equal-images SWEET rows. Writes
+so SWEET finishes those images in a fraction of the time that per-size pre-training of its anchors
+(one run per anchor) or POA (the full network plus an elastic student per step) take. Here SWEET
+gets the summed wall time of the per-size runs at its anchors instead (steps scaled by the measured
+time ratio, read from the runs' summaries), and is evaluated at the same sizes with the same
+protocol. The rows of init_quality.json (per-size, weight selection from the per-size run at the
+largest anchor, POA, SWEET at equal images) are set beside it when that file exists; run this
+script again after init_quality.py finishes to join them (the pre-training is cached). Writes
 benchmarks/results/equal_compute.json and a plot.
 """
 
@@ -31,56 +34,75 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     from sweet_hub import SweetTemplate
+    from training.evaluate import pixel_baselines
 
     plan_name = "quick" if args.quick else "full"
     plan = PLANS[plan_name]
     source = Path(args.quality) if args.quality else RESULTS / f"init_quality{'_quick' if args.quick else ''}.json"
-    if not source.is_file():
-        raise SystemExit(f"equal_compute: {source} not found; run `python benchmarks/init_quality.py{' --quick' if args.quick else ''}` first")
-    quality = json.loads(source.read_text())
     run_dir = Path(args.runs) if args.runs else ROOT / "benchmarks" / "runs" / plan_name
+    anchors = [f"{d}x{w}" for d, w in plan["template"]["anchors"]]
+    needed = ["sweet", "poa", *(f"single_{a}" for a in anchors if list(map(int, a.split("x"))) in plan["per_size"])]
+    missing = [n for n in needed if not (run_dir / n / "summary.json").is_file()]
+    if missing:
+        raise SystemExit(f"equal_compute: runs {missing} not found in {run_dir}; run `python benchmarks/init_quality.py"
+                         f"{' --quick' if args.quick else ''}` first (its pre-training is enough)")
+    pre = {n: json.loads((run_dir / n / "summary.json").read_text()) for n in needed}
+    pre = {n: {k: v[k] for k in ("steps", "images_seen", "train_seconds")} for n, v in pre.items()}
 
-    pre = quality["pretraining"]
-    ratio = pre["poa"]["train_seconds"] / pre["sweet"]["train_seconds"]
+    per_size_seconds = sum(v["train_seconds"] for n, v in pre.items() if n.startswith("single_"))
+    budget = per_size_seconds or pre["poa"]["train_seconds"]  # no per-size anchor runs in the plan: POA's time
+    ratio = budget / pre["sweet"]["train_seconds"]
     steps = round(plan["pretrain"]["max_steps"] * ratio)
     overrides = ["method=sweet", *pretrain_overrides(plan, max_steps=steps, warmup_steps=max(1, steps // 10))]
     summary = pretrain("sweet_equal_time", overrides, run_dir, force=False)
 
     template = SweetTemplate.from_pretrained(run_dir / "sweet_equal_time" / "template")
     protocol, transfer = eval_protocols(template.config, plan["eval"])
-    by_key = {(r["size"], r["init"]): r for r in quality["rows"] if r["available"]}
+    quality = json.loads(source.read_text()) if source.is_file() else None
+    sizes = ([r["size"] for r in quality["rows"]] if quality else
+             [f"{d}x{w}" for d, w in plan["template"]["anchors"] + plan["unseen"]])
+    by_key = {(r["size"], r["init"]): r for r in quality["rows"] if r["available"]} if quality else {}
     rows = []
-    for size in dict.fromkeys(r["size"] for r in quality["rows"]):
+    for size in dict.fromkeys(sizes):
         depth, width = map(int, size.split("x"))
-        row = {"size": size, "scalers": template.scaler_source(depth, width),
+        row = {"size": size, "kind": "anchor" if size in anchors else "unseen", "scalers": template.scaler_source(depth, width),
                **evaluate_init(template.materialize(depth, width), protocol, transfer, template.config, plan["eval"])}
-        for init in ("sweet", "poa"):
+        for init in COMPARED:
             if (size, init) in by_key:
-                row[f"{init}_equal_images"] = {k: by_key[(size, init)][k] for k in METRICS}
+                row[init] = {k: by_key[(size, init)][k] for k in METRICS}
         rows.append(row)
-        print(f"[eval] {size:>7} SWEET at POA's time: k-NN {row['knn']:5.1f} (equal images {row['sweet_equal_images']['knn']:5.1f}, "
-              f"POA {row.get('poa_equal_images', {}).get('knn', float('nan')):5.1f})", flush=True)
+        print(f"[eval] {size:>7} SWEET at the per-size anchors' time: k-NN {row['knn']:5.1f} "
+              f"(per-size {row.get('per_size', {}).get('knn', float('nan')):5.1f}, "
+              f"weight selection {row.get('weight_selection', {}).get('knn', float('nan')):5.1f})", flush=True)
 
     result = {
         "command": command("equal_compute.py", argv),
         "pretrain_command": "python training/pretrain.py " + " ".join(overrides),
-        "time_ratio_poa_over_sweet": round(ratio, 3),
+        "budget": "summed wall time of the per-size runs at the anchors" if per_size_seconds else "POA's wall time",
+        "budget_seconds": round(budget, 1), "time_ratio_budget_over_sweet": round(ratio, 3),
         "pretraining": {"sweet_equal_time": {k: summary[k] for k in ("steps", "images_seen", "train_seconds")},
-                        "poa": pre["poa"], "sweet_equal_images": pre["sweet"]},
-        "protocol": quality["protocol"], "raw_pixels_knn": quality["reference"]["raw_pixels_knn"], "rows": rows,
+                        "sweet_equal_images": pre["sweet"], **{n: v for n, v in pre.items() if n != "sweet"}},
+        "protocol": protocol.description, "reference": {k: round(v, 2) for k, v in pixel_baselines(protocol).items()},
+        "compared_from": str(source.relative_to(ROOT)) if quality and source.is_relative_to(ROOT) else (str(source) if quality else None),
+        "rows": rows,
     }
     save_result(result, args.out or RESULTS / f"equal_compute{'_quick' if args.quick else ''}.json", plot)
     return result
 
 
+COMPARED = {"per_size": "per-size (its own run)", "weight_selection": "weight selection", "poa": "POA (equal images)",
+            "sweet": "SWEET (equal images)"}
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     rows = result["rows"]
-    grouped_bars(path, [r["size"] for r in rows], {
-        "POA (equal images)": [r.get("poa_equal_images", {}).get("knn", float("nan")) for r in rows],
-        "SWEET (equal images)": [r["sweet_equal_images"]["knn"] for r in rows],
-        "SWEET (POA's wall time)": [r["knn"] for r in rows],
-    }, hline=("raw pixels", result["raw_pixels_knn"]), legend_loc="upper right", xlabel="depth x width (no POA bar: larger than its full network)",
-        ylabel="k-NN (%)", title="SWEET vs POA at equal pre-training time")
+    series = {label: [r.get(init, {}).get("knn", float("nan")) for r in rows] for init, label in COMPARED.items()
+              if any(init in r for r in rows)}
+    series["SWEET (equal time)"] = [r["knn"] for r in rows]
+    grouped_bars(path, [f"{r['size']}\n({r['kind']})" for r in rows], series,
+                 hline=("centred pixels", result["reference"]["centred_pixels_knn"]), legend_loc="upper right",
+                 xlabel="depth x width (missing bar: the method cannot produce that size)", ylabel="k-NN (%)",
+                 title="SWEET given the time of per-size pre-training at its anchors")
 
 
 if __name__ == "__main__":

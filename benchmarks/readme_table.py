@@ -155,24 +155,30 @@ def init_quality_summary(rows: list[dict[str, Any]]) -> list[str]:
 
 def equal_compute_section(r: dict[str, Any]) -> list[str]:
     pre = r["pretraining"]
+    if "budget_seconds" not in r:  # result files of sweet-hub 0.1 (SWEET given POA's time)
+        return ["### SWEET at equal pre-training time", "", f"_equal_compute.json is from an older version; rerun `{r['command']}`._", ""]
+    singles = ", ".join(f"{n.removeprefix('single_')} {v['train_seconds'] / 60:.1f} min" for n, v in pre.items() if n.startswith("single_"))
     lines = [
-        "### SWEET vs POA at equal pre-training time",
+        "### SWEET at equal pre-training time",
         "",
         f"The table above equalizes images seen; a SWEET step runs one sampled anchor, so SWEET finished them in "
-        f"{pre['sweet_equal_images']['train_seconds'] / 60:.1f} min against POA's {pre['poa']['train_seconds'] / 60:.1f} min. "
-        f"Here SWEET gets POA's wall time as a step budget ({pre['sweet_equal_time']['steps']} steps = {pre['sweet_equal_images']['steps']} x the measured time ratio, "
-        f"{pre['sweet_equal_time']['images_seen']:,} images; this run took {pre['sweet_equal_time']['train_seconds'] / 60:.1f} min); "
-        f"same protocol. "
-        f"`{r['command']}`",
+        f"{pre['sweet_equal_images']['train_seconds'] / 60:.1f} min. Here SWEET gets the {r['budget']} "
+        f"({r['budget_seconds'] / 60:.1f} min: {singles}; POA took {pre['poa']['train_seconds'] / 60:.1f} min) as a step budget: "
+        f"{pre['sweet_equal_time']['steps']} steps, {pre['sweet_equal_time']['images_seen']:,} images, "
+        f"{pre['sweet_equal_time']['train_seconds'] / 60:.1f} min. Same protocol; centred pixels: "
+        f"k-NN {r['reference']['centred_pixels_knn']:.1f}%, probe {r['reference']['pixels_linear_probe']:.1f}%. `{r['command']}`",
         "",
-        *md_header("size", "metric", "POA (equal images)", "SWEET (equal images)", "SWEET (equal time)"),
+        *md_header("size", "metric", "per-size (own run)", "weight selection", "POA (equal images)", "SWEET (equal images)",
+                   "SWEET (equal time)"),
     ]
     for row in r["rows"]:
-        for key in ("knn", "finetune_mean"):
-            poa = row.get("poa_equal_images", {}).get(key)
-            lines.append(f"| {row['size']} | {METRICS[key]} | {'n/a' if poa is None else f'{poa:.1f}'} | "
-                         f"{row['sweet_equal_images'][key]:.1f} | {row[key]:.1f} |")
-    return lines + ["", "![equal compute](benchmarks/results/equal_compute.png)", ""]
+        for key in ("knn", "linear_probe", "finetune_mean"):
+            cells = [row.get(init, {}).get(key) for init in ("per_size", "weight_selection", "poa", "sweet")]
+            lines.append(md_row(f"{row['size']} ({row['kind']})", METRICS[key], *["n/a" if c is None else f"{c:.1f}" for c in cells],
+                                f"**{row[key]:.1f}**"))
+    return lines + ["", "n/a: the method cannot produce that size (weight selection and POA stop at their source's size; "
+                    "per-size pre-training exists only at the sizes that were trained).", "",
+                    "![equal compute](benchmarks/results/equal_compute.png)", ""]
 
 
 def load_time_section(r: dict[str, Any]) -> list[str]:

@@ -38,10 +38,12 @@ def test_init_quality_quick_harness(tmp_path):
     equal = equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--quality", str(tmp_path / "iq.json"),
                                 "--out", str(tmp_path / "eq.json")])
     pre = result["pretraining"]
-    expected_steps = round(pre["sweet"]["steps"] * pre["poa"]["train_seconds"] / pre["sweet"]["train_seconds"])
+    # SWEET gets the wall time of the per-size run at its anchors (3x48 is the only one in the quick plan)
+    expected_steps = round(pre["sweet"]["steps"] * pre["single_3x48"]["train_seconds"] / pre["sweet"]["train_seconds"])
     assert equal["pretraining"]["sweet_equal_time"]["steps"] == expected_steps
     assert [r["size"] for r in equal["rows"]] == ["2x32", "3x48", "2x16", "4x64"]
-    assert "poa_equal_images" not in equal["rows"][-1]  # 4x64 is wider than POA's full network
+    assert "poa" not in equal["rows"][-1] and "per_size" not in equal["rows"][-1]  # 4x64 is wider than both sources
+    assert equal["rows"][1]["per_size"]["knn"] == rows[("3x48", "per_size")]["knn"]
     assert all(0 <= r["knn"] <= 100 for r in equal["rows"]) and (tmp_path / "eq.png").stat().st_size > 0
 
     import fit_vs_selection
