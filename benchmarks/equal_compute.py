@@ -42,12 +42,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_dir = Path(args.runs) if args.runs else ROOT / "benchmarks" / "runs" / plan_name
     anchors = [f"{d}x{w}" for d, w in plan["template"]["anchors"]]
     needed = ["sweet", "poa", *(f"single_{a}" for a in anchors if list(map(int, a.split("x"))) in plan["per_size"])]
-    missing = [n for n in needed if not (run_dir / n / "summary.json").is_file()]
-    if missing:
-        raise SystemExit(f"equal_compute: runs {missing} not found in {run_dir}; run `python benchmarks/init_quality.py"
-                         f"{' --quick' if args.quick else ''}` first (its pre-training is enough)")
-    pre = {n: json.loads((run_dir / n / "summary.json").read_text()) for n in needed}
-    pre = {n: {k: v[k] for k in ("steps", "images_seen", "train_seconds")} for n, v in pre.items()}
+    # run times: from the runs' summaries (available while init_quality.py still evaluates), else from its JSON
+    recorded = json.loads(source.read_text())["pretraining"] if source.is_file() else {}
+    pre = {}
+    for name in needed:
+        path = run_dir / name / "summary.json"
+        summary = json.loads(path.read_text()) if path.is_file() else recorded.get(name)
+        if summary is None:
+            raise SystemExit(f"equal_compute: run '{name}' not found in {run_dir} nor in {source}; run "
+                             f"`python benchmarks/init_quality.py{' --quick' if args.quick else ''}` first (its pre-training is enough)")
+        pre[name] = {k: summary[k] for k in ("steps", "images_seen", "train_seconds")}
 
     per_size_seconds = sum(v["train_seconds"] for n, v in pre.items() if n.startswith("single_"))
     budget = per_size_seconds or pre["poa"]["train_seconds"]  # no per-size anchor runs in the plan: POA's time
