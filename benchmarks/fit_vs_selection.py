@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import time
 from pathlib import Path
@@ -58,20 +59,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", help="JSON output (default: benchmarks/results/fit_vs_selection[_quick].json)")
     args = parser.parse_args(argv)
 
-    from sweet_hub import SweetTemplate
     from sweet_hub.fit import load_source
-    from training.data import load_image_tensors
     from training.evaluate import EvalProtocol, pixel_baselines
-    from training.poa import extract_vit
-    from training.report import random_vit
 
     plan_name = "quick" if args.quick else "full"
     plan, eval_plan = PLAN[plan_name], PLANS[plan_name]["eval"]
     run_dir = Path(args.runs) if args.runs else ROOT / "benchmarks" / "runs" / plan_name
+    cache = run_dir / "fit_vs_selection"
+    out = args.out or RESULTS / f"fit_vs_selection{'_quick' if args.quick else ''}.json"
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     fits: dict[str, Any] = {}
-    protocol = None
+    protocol = reference = None
     for src_depth, src_width in plan["sources"]:
         name = f"{src_depth}x{src_width}"
         folder = run_dir / f"single_{name}" / "model"
@@ -79,49 +78,82 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"fit_vs_selection: source {folder} not found; run `python benchmarks/init_quality.py"
                              f"{' --quick' if args.quick else ''}` first")
         source = load_source(str(folder))
-        targets = [tuple(s) for s in plan["smaller"] + plan["larger"] if tuple(s) != (src_depth, src_width)]
-        derived = SweetTemplate.fit(source, progress=False)
-        cfg = derived.config
         if protocol is None:
-            protocol = EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, eval_plan["train_size"], eval_plan["test_size"],
-                                    eval_plan["finetune_labels"])
-        unlabeled = load_image_tensors("fashion_mnist", "train", cfg.img_size, cfg.in_chans).subset(plan["learned"]["images"], seed=123)
-        t0 = time.perf_counter()
-        learned = SweetTemplate.fit(source, anchors=targets, images=unlabeled.images, distill_steps=plan["learned"]["steps"],
-                                    progress=False)
-        fits[name] = {"fit_seconds": derived.card_info["fit"]["seconds"], "learned_seconds": round(time.perf_counter() - t0, 1),
-                      "errors": derived.card_info["fit"]["errors"],
-                      "learned": {f"{d}x{w}": {k: learned.scaler_info[f"d{d}_w{w}"][k] for k in ("distill_loss_before", "distill_loss_after")}
-                                  for d, w in targets},
-                      "source": evaluate(source, protocol, cfg, eval_plan),
-                      "fitted_at_source": evaluate(derived.materialize(src_depth, src_width), protocol, cfg, eval_plan)}
-        print(f"[fit] source {name}: k-NN {fits[name]['source']['knn']:.2f}, fitted {fits[name]['fitted_at_source']['knn']:.2f}", flush=True)
-        for depth, width in targets:
-            kind = "smaller" if [depth, width] in plan["smaller"] else "larger"
-            for init in INITS:
+            protocol = EvalProtocol("fashion_mnist", source.patch_embed.img_size[0], source.patch_embed.proj.in_channels,
+                                    eval_plan["train_size"], eval_plan["test_size"], eval_plan["finetune_labels"])
+            reference = {k: round(v, 2) for k, v in pixel_baselines(protocol).items()}
+        source_rows, fits[name] = _cached(cache / f"source_{name}.json",
+                                          lambda: _run_source(source, name, plan, eval_plan, protocol, cache))
+        rows += source_rows
+        import torch
+
+        result = {
+            "command": command("fit_vs_selection.py", argv), "plan": plan, "eval": eval_plan, "protocol": protocol.description,
+            "reference": reference, "fits": fits, "rows": rows, "complete": len(fits) == len(plan["sources"]),
+            "wall_minutes": round((time.perf_counter() - started) / 60, 1), "torch_threads": torch.get_num_threads(),
+        }
+        save_result(result, out, plot)  # after every source, so an interrupted run still reports what it measured
+    return result
+
+
+def _cached(path: Path, compute):
+    """``compute()``'s JSON-able result, stored at ``path`` so an interrupted benchmark resumes where it stopped."""
+    from sweet_hub.files import write_text
+
+    if path.is_file():
+        print(f"[cache] {path}", flush=True)
+        return json.loads(path.read_text())
+    value = compute()
+    write_text(path, json.dumps(value, indent=2) + "\n")
+    return value
+
+
+def _run_source(source, name: str, plan: dict[str, Any], eval_plan: dict[str, Any], protocol, cache: Path):
+    """Fit one source (derived and learned scalers) and evaluate every init at every target size."""
+    from sweet_hub import SweetTemplate
+    from training.data import load_image_tensors
+    from training.poa import extract_vit
+    from training.report import random_vit
+
+    src_depth, src_width = (int(v) for v in name.split("x"))
+    targets = [tuple(s) for s in plan["smaller"] + plan["larger"] if tuple(s) != (src_depth, src_width)]
+    derived = SweetTemplate.fit(source, progress=False)
+    cfg = derived.config
+    unlabeled = load_image_tensors("fashion_mnist", "train", cfg.img_size, cfg.in_chans).subset(plan["learned"]["images"], seed=123)
+    t0 = time.perf_counter()
+    learned = SweetTemplate.fit(source, anchors=targets, images=unlabeled.images, distill_steps=plan["learned"]["steps"],
+                                progress=False)
+    fit = {"fit_seconds": derived.card_info["fit"]["seconds"], "learned_seconds": round(time.perf_counter() - t0, 1),
+           "errors": derived.card_info["fit"]["errors"],
+           "learned": {f"{d}x{w}": {k: learned.scaler_info[f"d{d}_w{w}"][k] for k in ("distill_loss_before", "distill_loss_after")}
+                       for d, w in targets},
+           "source": evaluate(source, protocol, cfg, eval_plan),
+           "fitted_at_source": evaluate(derived.materialize(src_depth, src_width), protocol, cfg, eval_plan)}
+    print(f"[fit] source {name}: k-NN {fit['source']['knn']:.2f}, fitted {fit['fitted_at_source']['knn']:.2f}", flush=True)
+    rows = []
+    for depth, width in targets:
+        kind = "smaller" if [depth, width] in plan["smaller"] else "larger"
+        for init in INITS:
+            row = {"source": name, "size": f"{depth}x{width}", "kind": kind, "init": init}
+            if init == "random":  # the same for every source: evaluated once
+                row.update(_cached(cache / f"random_{depth}x{width}.json",
+                                   lambda: evaluate(random_vit(cfg, depth, width), protocol, cfg, eval_plan)))
+                row["available"] = True
+            else:
                 if init == "fit_derived":
                     model = derived.materialize(depth, width)
                 elif init == "fit_learned":
                     model = learned.materialize(depth, width)
-                elif init == "weight_selection":
-                    model = extract_vit(source, depth, width, cfg.head_dim, rescale=False)
                 else:
-                    model = random_vit(cfg, depth, width)
-                row = {"source": name, "size": f"{depth}x{width}", "kind": kind, "init": init, "available": model is not None}
+                    model = extract_vit(source, depth, width, cfg.head_dim, rescale=False)
+                row["available"] = model is not None
                 if model is not None:
                     row.update(evaluate(model, protocol, cfg, eval_plan))
-                    print(f"[eval] {name} -> {row['size']:>7} {init:<17} k-NN {row['knn']:5.1f}  probe {row['linear_probe']:5.1f}  "
-                          f"fine-tune {row['finetune_mean']:5.1f}±{row['finetune_std']:.1f}", flush=True)
-                rows.append(row)
-    import torch
-
-    result = {
-        "command": command("fit_vs_selection.py", argv), "plan": plan, "eval": eval_plan, "protocol": protocol.description,
-        "reference": {k: round(v, 2) for k, v in pixel_baselines(protocol).items()}, "fits": fits, "rows": rows,
-        "wall_minutes": round((time.perf_counter() - started) / 60, 1), "torch_threads": torch.get_num_threads(),
-    }
-    save_result(result, args.out or RESULTS / f"fit_vs_selection{'_quick' if args.quick else ''}.json", plot)
-    return result
+            if row["available"]:
+                print(f"[eval] {name} -> {row['size']:>7} {init:<17} k-NN {row['knn']:5.1f}  probe {row['linear_probe']:5.1f}  "
+                      f"fine-tune {row['finetune_mean']:5.1f}±{row['finetune_std']:.1f}", flush=True)
+            rows.append(row)
+    return rows, fit
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -55,7 +55,9 @@ def test_init_quality_quick_harness(tmp_path):
     rows = {(r["size"], r["init"]): r for r in fits["rows"]}
     assert rows[("4x64", "weight_selection")]["available"] is False and rows[("2x16", "weight_selection")]["available"] is True
     assert all(rows[(s, i)]["available"] for s in ("2x16", "2x32", "4x64") for i in ("fit_derived", "fit_learned", "random"))
-    assert (tmp_path / "fit.png").stat().st_size > 0
+    assert (tmp_path / "fit.png").stat().st_size > 0 and fits["complete"] is True
+    again = fit_vs_selection.main(["--quick", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "fit2.json")])
+    assert again["rows"] == fits["rows"]  # resumed from the per-source cache, nothing re-measured
     assert "fitted to a checkpoint" in "\n".join(readme_table.fit_section(fits))
 
 
