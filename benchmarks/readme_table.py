@@ -73,8 +73,9 @@ def derived_section(r: dict[str, Any]) -> list[str]:
     lines = [
         "### Unseen sizes: derived vs learned scalers",
         "",
-        f"k-NN at sizes without stored scalers, on the bundled template, for the four derivation rules of `derive_scalers` "
-        f"and for scalers learned from {r['learned']['images']} unlabeled images in {r['learned']['steps']} steps. `{r['command']}`",
+        f"k-NN at sizes that are not anchors, on {'the bundled template' if r['template'] == 'bundled' else r['template']}, for the four "
+        f"derivation rules of `derive_scalers` and for scalers learned from {r['learned']['images']} unlabeled images in "
+        f"{r['learned']['steps']} steps{_learned_origin(r)}. Bold: best per size. `{r['command']}`",
         "",
         *md_header("size", *(short[n] for n in names)),
     ]
@@ -83,6 +84,11 @@ def derived_section(r: dict[str, Any]) -> list[str]:
         lines.append(md_row(row["size"], *(f"**{row[n]:.1f}**" if row[n] == top else f"{row[n]:.1f}" for n in names)))
     lines.append(md_row("mean", *(f"{r['mean'][n]:.1f}" for n in names)))
     return lines + ["", "![derived scalers](benchmarks/results/derived_scalers.png)", ""]
+
+
+def _learned_origin(r: dict[str, Any]) -> str:
+    stored = [row["size"] for row in r["sizes"] if row.get("learned_from") == "stored"]
+    return f" (at {', '.join(stored)}: the learned scalers shipped with the template)" if stored else ""
 
 
 def init_quality_section(r: dict[str, Any]) -> list[str]:

@@ -197,6 +197,17 @@ class SweetTemplate(
         self.scalers[key] = nn.ParameterDict({k: nn.Parameter(v.detach().clone().to(device=device, dtype=dtype)) for k, v in tensors.items()})
         self.scaler_info[key] = {"depth": depth, "width": width, "source": source, **info}
 
+    def remove_scalers(self, depth: int, width: int) -> None:
+        """Forget the stored scalers of a non-anchor size, so it is derived again (anchors define
+        the template and cannot be removed). Saved folders change only on the next save."""
+        key = size_key(depth, width)
+        if key not in self.scalers:
+            raise TemplateConfigError(f"No scalers are stored for {format_size(depth, width)}; stored: {', '.join(sorted(self.scalers))}.")
+        if [depth, width] in [list(a) for a in self.config.anchors]:
+            raise TemplateConfigError(f"{format_size(depth, width)} is an anchor of this template; its scalers cannot be removed.")
+        del self.scalers[key]
+        del self.scaler_info[key]
+
     def has_scalers(self, depth: int, width: int) -> bool:
         return size_key(depth, width) in self.scalers
 

@@ -10,6 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 import sweet_hub
 from sweet_hub import SweetTemplate, derive_scalers, materialize_state_dict
 from sweet_hub.config import TemplateConfig, vit_args
+from sweet_hub.errors import TemplateConfigError
 from sweet_hub.tucker import _tucker_blocks, init_cores, init_scalers, materialize_flops, resample_rows
 
 
@@ -153,6 +154,19 @@ def test_add_scalers_replaces_derived(tiny_template):
     tiny_template.add_scalers(3, 48, {k: v * 1.5 for k, v in derived.items()}, source="learned", steps=10)
     assert tiny_template.scaler_source(3, 48) == "learned"
     torch.testing.assert_close(tiny_template.scalers_for(3, 48)["U"], derived["U"] * 1.5)
+
+
+def test_remove_scalers_derives_the_size_again_and_keeps_anchors(tiny_template):
+    derived = {k: v.detach().clone() for k, v in tiny_template.scalers_for(3, 48).items()}
+    tiny_template.add_scalers(3, 48, {k: v * 1.5 for k, v in derived.items()}, source="learned")
+    tiny_template.remove_scalers(3, 48)
+    assert tiny_template.scaler_source(3, 48).startswith("derived")
+    torch.testing.assert_close(tiny_template.scalers_for(3, 48)["U"], derived["U"])
+    anchor = tuple(tiny_template.config.anchors[0])
+    with pytest.raises(TemplateConfigError, match="is an anchor"):
+        tiny_template.remove_scalers(*anchor)
+    with pytest.raises(TemplateConfigError, match="No scalers are stored for 3x48"):
+        tiny_template.remove_scalers(3, 48)
 
 
 def test_cores_are_size_agnostic():

@@ -236,6 +236,28 @@ def test_learn_scalers_improves_distillation_and_leaves_template_untouched(templ
     assert "learned" in (template_dir / "README.md").read_text()
 
 
+def test_learn_scalers_keep_if_better_stores_only_sizes_that_win_on_held_out_train_images(tmp_path, template_dir):
+    result = run([sys.executable, str(ROOT / "training" / "learn_scalers.py"), "--template", str(template_dir), "--sizes", "3x48", "2x64",
+                  "--num-images", "128", "--steps", "5", "--batch-size", "32", "--keep-if-better", "--report", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text())["sizes"]
+    assert set(report) == {"3x48", "2x64"}
+    from sweet_hub import SweetTemplate
+
+    loaded = SweetTemplate.from_pretrained(template_dir)
+    for size, facts in report.items():
+        depth, width = (int(v) for v in size.split("x"))
+        scores = facts["validation_knn"]
+        assert facts["kept"] == (scores["learned"] > scores["derived"]) and 0 <= scores["derived"] <= 100
+        assert loaded.has_scalers(depth, width) == facts["kept"]  # a losing size keeps its derived scalers
+    assert "3x48" in result.stdout
+
+
+def test_learn_scalers_rejects_mixed_size_arguments(template_dir):
+    result = run([sys.executable, str(ROOT / "training" / "learn_scalers.py"), "--template", str(template_dir), "--sizes", "3x48",
+                  "--depth", "3"], check=False)
+    assert result.returncode == 2 and "either --sizes or --depth" in result.stderr
+
+
 class _StubAccelerator:
     """The parts of Accelerator that learn_scalers uses, as process `rank` of `world`."""
 

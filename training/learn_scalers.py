@@ -2,6 +2,11 @@
 
     accelerate launch training/learn_scalers.py --template out/fmnist/template --depth 7 --width 160 \\
         --num-images 1000
+    python training/learn_scalers.py --template sweet_hub/fmnist --sizes 6x96 10x512 --keep-if-better
+
+``--keep-if-better`` stores a size's learned scalers only where they beat the derived ones on a
+k-NN whose bank and queries are disjoint subsets of the *train* split (the test split is never
+read), so a template never ships scalers worse than the zero-cost ones.
 
 The new size's X, X_vec, U, V start from the derived scalers (the zero-cost initialization used
 for any size without a scaler file) and are trained to reproduce, token by token, the features
@@ -14,6 +19,7 @@ folder are rewritten; template.safetensors is never touched.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -24,7 +30,8 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweet_hub import SweetHubError, SweetTemplate
-from sweet_hub.config import size_key
+from sweet_hub.config import format_size, parse_size, size_key
+from sweet_hub.files import write_text
 from training.config import set_cpu_threads
 from training.data import DataError, load_image_tensors
 
@@ -41,40 +48,83 @@ def learn_scalers(template: SweetTemplate, depth: int, width: int, images: Tenso
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--template", required=True, help="template folder (the learned scalers are added to it)")
-    parser.add_argument("--depth", type=int, required=True)
-    parser.add_argument("--width", type=int, required=True)
+    parser.add_argument("--depth", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--sizes", nargs="+", metavar="DxW", help="several sizes in one run, e.g. 6x96 10x512 (instead of --depth/--width)")
     parser.add_argument("--data", default="fashion_mnist", help="fashion_mnist | imagefolder:PATH | Hub dataset id")
     parser.add_argument("--num-images", type=int, default=1000, help="unlabeled images to learn from")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-if-better", action="store_true",
+                        help="store the learned scalers of a size only if their k-NN on held-out *train* images (labels needed; "
+                             "the test split is never read) beats the derived scalers they started from")
+    parser.add_argument("--report", help="also write the facts of every size to this JSON file")
+    parser.add_argument("--threads", type=int, help="torch threads per process (default: the cores divided among the processes)")
     args = parser.parse_args(argv)
+    if args.sizes and (args.depth or args.width):
+        parser.error("give either --sizes or --depth and --width, not both")
+    if not args.sizes and not (args.depth and args.width):
+        parser.error("give --depth and --width (or --sizes DxW ...)")
 
     from accelerate import Accelerator
 
     try:
+        sizes = [parse_size(s) for s in args.sizes] if args.sizes else [(args.depth, args.width)]
         folder = Path(args.template)
         if not folder.is_dir():
             raise DataError(f"--template must be a local template folder (the learned scalers are written into it); "
                             f"download a Hub template first with `hf download {args.template} --local-dir DIR`.")
         template = SweetTemplate.from_pretrained(folder)
-        template.config.check_size(args.depth, args.width)
+        for depth, width in sizes:
+            template.config.check_size(depth, width)
         cfg = template.config
         data = load_image_tensors(args.data, "train", cfg.img_size, cfg.in_chans).subset(args.num_images, args.seed)
+        validation = _validation_protocol(args.data, cfg) if args.keep_if_better else None
     except (SweetHubError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     accelerator = Accelerator()
-    set_cpu_threads(accelerator)
-    facts = learn_scalers(template, args.depth, args.width, data.images, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          seed=args.seed, accelerator=accelerator, progress=accelerator.is_local_main_process)
-    facts["data"] = f"{args.data} train, {len(data)} images, no labels"
-    template.scaler_info[size_key(args.depth, args.width)]["data"] = facts["data"]
+    set_cpu_threads(accelerator, args.threads)
+    report: dict[str, Any] = {}
+    for depth, width in sizes:
+        key = size_key(depth, width)
+        candidate = copy.deepcopy(template) if validation is not None else template
+        facts = learn_scalers(candidate, depth, width, data.images, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                              seed=args.seed, accelerator=accelerator, progress=accelerator.is_local_main_process)
+        facts["data"] = f"{args.data} train, {len(data)} images, no labels"
+        candidate.scaler_info[key]["data"] = facts["data"]
+        if validation is not None:
+            facts["validation_knn"] = {"derived": _knn(template, depth, width, validation), "learned": _knn(candidate, depth, width, validation)}
+            facts["kept"] = facts["validation_knn"]["learned"] > facts["validation_knn"]["derived"]
+            if facts["kept"]:
+                template.add_scalers(depth, width, candidate.stored_scalers(depth, width),
+                                     **{k: v for k, v in candidate.scaler_info[key].items() if k not in ("depth", "width")})
+        if accelerator.is_main_process and template.has_scalers(depth, width) and facts.get("kept", True):
+            facts["scaler_file"] = str(template.save_scalers(folder, depth, width))
+        report[format_size(depth, width)] = facts
     if accelerator.is_main_process:
-        path = template.save_scalers(folder, args.depth, args.width)
-        print(json.dumps({"scaler_file": str(path), **facts}, indent=2))
-    return facts
+        print(json.dumps(report if args.sizes else report[format_size(*sizes[0])], indent=2))
+        if args.report:
+            write_text(Path(args.report), json.dumps({"template": str(folder), "sizes": report}, indent=2) + "\n")
+    return report if args.sizes else report[format_size(*sizes[0])]
+
+
+def _validation_protocol(data: str, cfg):
+    """k-NN bank and queries both from the train split (disjoint subsets): a choice made on it never sees the test images."""
+    from training.evaluate import EvalProtocol
+
+    try:
+        return EvalProtocol(data, cfg.img_size, cfg.in_chans, train_size=5000, test_size=2000, finetune_labels=1, seed=7, holdout=True)
+    except ValueError as e:
+        raise DataError(f"--keep-if-better needs labels for its held-out k-NN: {e}") from None
+
+
+def _knn(template: SweetTemplate, depth: int, width: int, protocol) -> float:
+    from training.evaluate import evaluate_model
+
+    return round(evaluate_model(template.materialize(depth, width), protocol, template.config.mean, template.config.std)["knn"], 2)
 
 
 if __name__ == "__main__":
