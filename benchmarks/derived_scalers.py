@@ -5,6 +5,8 @@
 On one template (default: the bundled one), k-NN of frozen features at unseen sizes for
 - derived scalers with each combination of the two corrections of ``derive_scalers``
   (depth_rescale: residual branches shrink by L_src/L; width_rescale: V shrinks by sqrt(D_src/D)),
+  and with ``derivation='select'`` (evenly spaced layers, first or duplicated channels: the rule of
+  fitted templates),
 - learned scalers (template frozen, ``--images`` unlabeled images, ``--steps`` steps; the
   template's own stored learned scalers where it ships them, learned here otherwise),
 - timm's random init of the same architecture.
@@ -58,6 +60,10 @@ def main(argv: list[str] | None = None) -> dict:
         variant = copy.deepcopy(base)
         variant.config = dataclasses.replace(cfg, depth_rescale=depth_rescale, width_rescale=width_rescale)
         variants[f"derived (depth_rescale={depth_rescale}, width_rescale={width_rescale})"] = variant
+    if cfg.derivation != "select":  # the rule fitted templates use: layer and channel selection of the nearest anchor
+        variant = copy.deepcopy(base)
+        variant.config = dataclasses.replace(cfg, derivation="select")
+        variants["derived (select)"] = variant
     rows = []
     for spec in args.sizes:
         depth, width = (int(v) for v in spec.split("x"))

@@ -54,6 +54,8 @@ PLANS: dict[str, dict[str, Any]] = {
             "r192_lr2e-3": {**R192, "lr": 2.0e-3},
             "r192_t0.1": {**R192, "temperature": 0.1},
             "r192_big": {**R192, "anchor_weights": [1, 1, 2], "width_scaling_max": 256},
+            # round 3: finer patches (49 tokens instead of 16; local crops 16 px = 4x4 patches)
+            "r192_patch4": {**R192, "template.patch_size": 4, "local_size": 16},
         },
     },
     "quick": {

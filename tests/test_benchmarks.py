@@ -104,3 +104,20 @@ def test_recipe_study_quick(tmp_path):
     assert base["mean_knn_anchors"] is not None and base["mean_knn_unseen"] is not None and base["materialize_ms"]["ms"] > 0
     assert result["variants"]["single"]["mean_knn_unseen"] is None  # one size: nothing unseen
     assert {"raw_pixels_knn", "centred_pixels_knn", "pixels_linear_probe", "random_init"} <= set(result["baselines"])
+
+
+def test_derived_scalers_compares_rules_with_the_learned_scalers_a_template_ships(tmp_path, tiny_template):
+    import derived_scalers
+    import readme_table
+
+    derived = {k: v.detach().clone() for k, v in tiny_template.scalers_for(3, 48).items()}
+    tiny_template.add_scalers(3, 48, {k: v * 1.1 for k, v in derived.items()}, source="learned", images=10, steps=1, seconds=0.1,
+                              distill_loss_before=1.0, distill_loss_after=0.5)
+    tiny_template.save_pretrained(tmp_path / "t")
+    result = derived_scalers.main(["--template", str(tmp_path / "t"), "--sizes", "3x48", "2x16", "--images", "64", "--steps", "2",
+                                   "--train-size", "200", "--test-size", "100", "--out", str(tmp_path / "d.json")])
+    rows = {r["size"]: r for r in result["sizes"]}
+    assert rows["3x48"]["learned_from"] == "stored" and rows["2x16"]["learned_from"] == "this run"
+    assert "derived (select)" in result["variants"] and len(result["variants"]) == 7
+    assert all(0 <= rows[s][v] <= 100 for s in rows for v in result["variants"])
+    assert "learned scalers shipped with the template" in "\n".join(readme_table.derived_section(result))
