@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             protocol = EvalProtocol("fashion_mnist", source.patch_embed.img_size[0], source.patch_embed.proj.in_channels,
                                     eval_plan["train_size"], eval_plan["test_size"], eval_plan["finetune_labels"])
             reference = {k: round(v, 2) for k, v in pixel_baselines(protocol).items()}
-        source_rows, fits[name] = _cached(cache / f"source_{name}.json",
-                                          lambda: _run_source(source, name, plan, eval_plan, protocol, cache))
+        source_rows, fits[name] = _cached(cache / f"source_{name}.json", _run_source, source, name, plan, eval_plan, protocol, cache)
         rows += source_rows
         import torch
 
@@ -96,16 +95,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _cached(path: Path, compute):
-    """``compute()``'s JSON-able result, stored at ``path`` so an interrupted benchmark resumes where it stopped."""
+def _cached(path: Path, compute, *args):
+    """``compute(*args)``'s JSON-able result, stored at ``path`` so an interrupted benchmark resumes where it stopped."""
     from sweet_hub.files import write_text
 
     if path.is_file():
         print(f"[cache] {path}", flush=True)
         return json.loads(path.read_text())
-    value = compute()
+    value = compute(*args)
     write_text(path, json.dumps(value, indent=2) + "\n")
     return value
+
+
+def _evaluate_random(cfg, depth: int, width: int, protocol, eval_plan: dict[str, Any]) -> dict[str, Any]:
+    from training.report import random_vit
+
+    return evaluate(random_vit(cfg, depth, width), protocol, cfg, eval_plan)
 
 
 def _run_source(source, name: str, plan: dict[str, Any], eval_plan: dict[str, Any], protocol, cache: Path):
@@ -113,7 +118,6 @@ def _run_source(source, name: str, plan: dict[str, Any], eval_plan: dict[str, An
     from sweet_hub import SweetTemplate
     from training.data import load_image_tensors
     from training.poa import extract_vit
-    from training.report import random_vit
 
     src_depth, src_width = (int(v) for v in name.split("x"))
     targets = [tuple(s) for s in plan["smaller"] + plan["larger"] if tuple(s) != (src_depth, src_width)]
@@ -136,8 +140,7 @@ def _run_source(source, name: str, plan: dict[str, Any], eval_plan: dict[str, An
         for init in INITS:
             row = {"source": name, "size": f"{depth}x{width}", "kind": kind, "init": init}
             if init == "random":  # the same for every source: evaluated once
-                row.update(_cached(cache / f"random_{depth}x{width}.json",
-                                   lambda: evaluate(random_vit(cfg, depth, width), protocol, cfg, eval_plan)))
+                row.update(_cached(cache / f"random_{depth}x{width}.json", _evaluate_random, cfg, depth, width, protocol, eval_plan))
                 row["available"] = True
             else:
                 if init == "fit_derived":
