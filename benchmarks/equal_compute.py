@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     template = SweetTemplate.from_pretrained(run_dir / "sweet_equal_time" / "template")
     protocol, transfer = eval_protocols(template.config, plan["eval"])
     quality = json.loads(source.read_text()) if source.is_file() else None
+    if quality and any(quality["pretraining"].get(n, {}).get("train_seconds") != v["train_seconds"] for n, v in pre.items()):
+        raise SystemExit(f"equal_compute: {source} was measured on other pre-training runs than those in {run_dir}; run "
+                         f"`python benchmarks/init_quality.py{' --quick' if args.quick else ''}` (its runs are cached) and then "
+                         f"this script again (its own pre-training is cached too)")
     sizes = ([r["size"] for r in quality["rows"]] if quality else
              [f"{d}x{w}" for d, w in plan["template"]["anchors"] + plan["unseen"]])
     by_key = {(r["size"], r["init"]): r for r in quality["rows"] if r["available"]} if quality else {}
