@@ -309,9 +309,34 @@ def fit_section(r: dict[str, Any]) -> list[str]:
                 cells.append(f"{x['knn']:.1f} / {x['linear_probe']:.1f} / {x['finetune_mean']:.1f}±{x['finetune_std']:.1f}"
                              if x and x["available"] else "n/a")
             lines.append(md_row(source, size, kind, *cells))
-    lines += ["", "Cells: k-NN / linear probe / 1%-label fine-tune (%). n/a: weight selection cannot make a larger model.", "",
-              "![fit vs selection](benchmarks/results/fit_vs_selection.png)", ""]
+    lines += ["", "Cells: k-NN / linear probe / 1%-label fine-tune (%). n/a: weight selection cannot make a larger model. "
+              "At smaller sizes 'fit, derived' is nearly weight selection: the same layers and residual channels, but MLP "
+              "hidden units taken from each quarter of the source's hidden layer instead of its first 4 x width.", ""]
+    if not r.get("complete", True):
+        lines += [f"Sources measured so far: {', '.join(r['fits'])} of {', '.join(f'{d}x{w}' for d, w in r['plan']['sources'])} "
+                  "(the run resumes from its cache: run the command again).", ""]
+    lines += [*_fit_losses(r), "", "![fit vs selection](benchmarks/results/fit_vs_selection.png)", ""]
     return lines
+
+
+def _fit_losses(r: dict[str, Any]) -> list[str]:
+    """Where the fit with learned scalers does not win: below weight selection (smaller sizes) or
+    less than 5 points above random init (larger sizes), per metric."""
+    rows = {(x["source"], x["size"], x["init"]): x for x in r["rows"] if x["available"]}
+    metrics = {"knn": "k-NN", "linear_probe": "probe", "finetune_mean": "fine-tune"}
+    losses = []
+    for (source, size, init), fit in rows.items():
+        if init != "fit_learned":
+            continue
+        rival, margin = ("weight_selection", 0.0) if fit["kind"] == "smaller" else ("random", 5.0)
+        other = rows.get((source, size, rival))
+        if other is None:
+            continue
+        for key, label in metrics.items():
+            if fit[key] - other[key] <= margin:
+                losses.append(f"{source} -> {size} {label}: {fit[key]:.1f} vs {FIT_NAMES[rival]} {other[key]:.1f}")
+    head = "Where the fit with learned scalers loses (smaller sizes: not above weight selection; larger: not 5 points above random):"
+    return [head + (" " + "; ".join(losses) + "." if losses else " nowhere in this run.")]
 
 
 def build_section() -> str:
