@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_dir = Path(args.runs) if args.runs else ROOT / "benchmarks" / "runs" / plan_name
     cache = run_dir / "fit_vs_selection"
     out = args.out or RESULTS / f"fit_vs_selection{'_quick' if args.quick else ''}.json"
-    started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     fits: dict[str, Any] = {}
     protocol = reference = None
+    earlier = _earlier_sources(Path(out), plan, eval_plan)
     for src_depth, src_width in plan["sources"]:
         name = f"{src_depth}x{src_width}"
         folder = run_dir / f"single_{name}" / "model"
@@ -82,17 +82,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             protocol = EvalProtocol("fashion_mnist", source.patch_embed.img_size[0], source.patch_embed.proj.in_channels,
                                     eval_plan["train_size"], eval_plan["test_size"], eval_plan["finetune_labels"])
             reference = {k: round(v, 2) for k, v in pixel_baselines(protocol).items()}
-        source_rows, fits[name] = _cached(cache / f"source_{name}.json", _run_source, source, name, plan, eval_plan, protocol, cache)
+        if name in earlier:  # measured by an earlier invocation (its JSON), e.g. on another machine
+            source_rows, fits[name] = earlier[name]
+            print(f"[resume] source {name} from {out}", flush=True)
+        else:
+            source_rows, fits[name] = _cached(cache / f"source_{name}.json", _run_source, source, name, plan, eval_plan, protocol, cache)
         rows += source_rows
         import torch
 
         result = {
             "command": command("fit_vs_selection.py", argv), "plan": plan, "eval": eval_plan, "protocol": protocol.description,
             "reference": reference, "fits": fits, "rows": rows, "complete": len(fits) == len(plan["sources"]),
-            "wall_minutes": round((time.perf_counter() - started) / 60, 1), "torch_threads": torch.get_num_threads(),
+            "wall_minutes": round(sum(f.get("seconds", 0) for f in fits.values()) / 60, 1), "torch_threads": torch.get_num_threads(),
         }
         save_result(result, out, plot)  # after every source, so an interrupted run still reports what it measured
     return result
+
+
+def _earlier_sources(out: Path, plan: dict[str, Any], eval_plan: dict[str, Any]) -> dict[str, Any]:
+    """Sources already measured in ``out`` by an earlier invocation with the same plan and protocol."""
+    if not out.is_file():
+        return {}
+    earlier = json.loads(out.read_text())
+    if earlier.get("plan") != json.loads(json.dumps(plan)) or earlier.get("eval") != json.loads(json.dumps(eval_plan)):
+        return {}
+    if len(earlier["fits"]) == 1:  # written before sources recorded their own time
+        next(iter(earlier["fits"].values())).setdefault("seconds", earlier["wall_minutes"] * 60)
+    return {name: ([r for r in earlier["rows"] if r["source"] == name], fit) for name, fit in earlier["fits"].items()}
 
 
 def _cached(path: Path, compute, *args):
@@ -119,6 +135,7 @@ def _run_source(source, name: str, plan: dict[str, Any], eval_plan: dict[str, An
     from training.data import load_image_tensors
     from training.poa import extract_vit
 
+    started = time.perf_counter()
     src_depth, src_width = (int(v) for v in name.split("x"))
     targets = [tuple(s) for s in plan["smaller"] + plan["larger"] if tuple(s) != (src_depth, src_width)]
     derived = SweetTemplate.fit(source, progress=False)
@@ -156,6 +173,7 @@ def _run_source(source, name: str, plan: dict[str, Any], eval_plan: dict[str, An
                 print(f"[eval] {name} -> {row['size']:>7} {init:<17} k-NN {row['knn']:5.1f}  probe {row['linear_probe']:5.1f}  "
                       f"fine-tune {row['finetune_mean']:5.1f}±{row['finetune_std']:.1f}", flush=True)
             rows.append(row)
+    fit["seconds"] = round(time.perf_counter() - started, 1)
     return rows, fit
 
 

@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,11 +96,19 @@ def _read_entry(path: Path) -> dict[str, torch.Tensor] | None:
         state = load_file(str(path))
     except (SafetensorError, OSError, RuntimeError):
         return None
+    _touch(path)
+    return state
+
+
+def _touch(path: Path) -> None:
+    """Record a last use for least-recently-used eviction. The time is set explicitly in ns: the
+    kernel stamps writes with a coarse clock (one tick, 1-10 ms), so a write and a later read
+    can otherwise get the same mtime and tie in the eviction order."""
+    now = time.time_ns()
     try:
-        os.utime(path)  # last use, for least-recently-used eviction
+        os.utime(path, ns=(now, now))
     except OSError:
         pass
-    return state
 
 
 def materialized_state_dict(
@@ -154,6 +163,7 @@ _pending_lock = threading.Lock()
 def _write_entry(path: Path, state: dict[str, torch.Tensor], source: str, size: str, lock: FileLock) -> None:
     try:
         save_safetensors(state, path, {"format": "sweet-materialized", "source": source, "size": size})
+        _touch(path)
         prune_cache(cache_limit(), keep=path)
     except (OSError, SafetensorError) as e:
         _warn_uncached(path.parent, e)
@@ -206,7 +216,7 @@ def _entries() -> list[CacheEntry]:
                 meta = f.metadata() or {}
         except (OSError, SafetensorError):  # removed meanwhile, or being written
             continue
-        entries.append(CacheEntry(path, stat.st_size, stat.st_mtime, meta.get("source", "?"), meta.get("size", "?")))
+        entries.append(CacheEntry(path, stat.st_size, stat.st_mtime_ns / 1e9, meta.get("source", "?"), meta.get("size", "?")))
     return sorted(entries, key=lambda e: e.last_used, reverse=True)
 
 

@@ -58,6 +58,11 @@ def test_init_quality_quick_harness(tmp_path):
     assert (tmp_path / "fit.png").stat().st_size > 0 and fits["complete"] is True
     again = fit_vs_selection.main(["--quick", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "fit2.json")])
     assert again["rows"] == fits["rows"]  # resumed from the per-source cache, nothing re-measured
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs" / "fit_vs_selection")  # a fresh machine: only the JSON of the earlier run is left
+    resumed = fit_vs_selection.main(["--quick", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "fit.json")])
+    assert resumed["rows"] == fits["rows"] and not (tmp_path / "runs" / "fit_vs_selection").exists()
     assert "fitted to a checkpoint" in "\n".join(readme_table.fit_section(fits))
 
 
