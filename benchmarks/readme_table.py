@@ -256,7 +256,7 @@ def recipe_section(r: dict[str, Any]) -> list[str]:
         f"{r['parallel_runs']} runs at a time; per-size pre-training of 8x192 gets a third of it, as three anchors trained one by "
         f"one would). Validation protocol, never the test images: {r['protocol']}. Pixels on the same protocol: k-NN "
         f"{b['raw_pixels_knn']:.1f}% raw, **{b['centred_pixels_knn']:.1f}%** mean-centred; linear probe {b['pixels_linear_probe']:.1f}%. "
-        f"`{r['command']}`",
+        + ("Rounds: " + "; ".join(f"`{i['command']}`" for i in r["invocations"]) if r.get("invocations") else f"`{r['command']}`"),
         "",
         *md_header("variant", "images seen", "k-NN anchors", "k-NN unseen", "probe anchors", "probe unseen", "materialize",
                    *[s + ("" if s in anchors else " *") for s in sizes]),

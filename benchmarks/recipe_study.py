@@ -54,8 +54,14 @@ PLANS: dict[str, dict[str, Any]] = {
             "r192_lr2e-3": {**R192, "lr": 2.0e-3},
             "r192_t0.1": {**R192, "temperature": 0.1},
             "r192_big": {**R192, "anchor_weights": [1, 1, 2], "width_scaling_max": 256},
-            # round 3: finer patches (49 tokens instead of 16; local crops 16 px = 4x4 patches)
+            # finer patches (49 tokens instead of 16; local crops 16 px = 4x4 patches): defined, not run yet (3x slower steps)
             "r192_patch4": {**R192, "template.patch_size": 4, "local_size": 16},
+            # round 3: a pixel term (linear read-back of each global view from its pooled features)
+            "r192_recon1": {**R192, "recon_weight": 1.0},
+            "r192_recon4": {**R192, "recon_weight": 4.0},
+            # round 4: depth-wise stochastic scaling (random depths between the anchors'), alone and with widths to 256
+            "r192_depth": {**R192, "depth_scaling_p": 0.5},
+            "r192_depth_wide": {**R192, "depth_scaling_p": 0.5, "width_scaling_max": 256},
         },
     },
     "quick": {
@@ -174,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--force", action="store_true", help="re-run variants whose results are cached")
     parser.add_argument("--run-dir", default=None, help="where runs are kept (default benchmarks/runs/recipe[_quick])")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--note", help="a sentence about this invocation, appended to the notes the JSON (and README) keep")
     args = parser.parse_args(argv)
     import os
 
@@ -200,6 +207,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "parallel_runs": args.parallel, "protocol": "validation: k-NN (cosine, k=20, T=0.07) and linear probe; "
         f"{plan['eval']['train_size']} train images as memory, {plan['eval']['test_size']} other train images as queries",
         "anchors": anchors, "baselines": previous.get("baselines") or baselines(plan), "variants": variants,
+        "notes": " ".join(n for n in (previous.get("notes"), args.note) if n) or None,
+        # one entry per invocation, so a table assembled from several rounds says which command measured what
+        "invocations": [*previous.get("invocations", []), {"command": command("recipe_study.py", argv), "variants": names}],
     }
     for name in names:
         v = variants[name]

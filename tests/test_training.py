@@ -172,12 +172,39 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     ("time_budget_minutes=-1", "time_budget_minutes must be a positive number"),
     ("anchor_weights=[1]", "one non-negative weight per anchor"),
     ("width_scaling_max=40", "width_scaling_max must be an integer >= the largest anchor width"),
+    ("recon_weight=-1", "recon_weight must be >= 0"),
 ])
 def test_bad_config_is_a_clear_error(override, message):
     from training.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=message):
         load_config(ROOT / "training" / "configs" / "tiny.yaml", [override])
+
+
+@pytest.mark.parametrize("method", ["sweet", "single", "poa"])
+def test_pixel_term_adds_the_read_back_error_and_trains_the_backbone(method):
+    """recon_weight adds weight * MSE of a linear read-back of each global view; every method shares it."""
+    from training.config import load_config
+    from training.pretrain import build_method
+
+    def loss_and_grads(recon_weight: float):
+        torch.manual_seed(0)
+        cfg = load_config(ROOT / "training" / "configs" / "tiny.yaml", [f"method={method}", "size=[3,48]", f"recon_weight={recon_weight}"])
+        module = build_method(cfg)
+        size = module.sample_size(__import__("random").Random(0))
+        torch.manual_seed(1)
+        views = [torch.randn(8, 1, 28, 28) for _ in range(2)]
+        loss = module(views, [torch.randn(8, 1, 14, 14)], size)
+        loss.backward()
+        return module, loss
+
+    plain, without = loss_and_grads(0.0)
+    assert plain.head.decoder is None
+    module, with_term = loss_and_grads(2.0)
+    assert module.head.decoder.out_features == 28 * 28
+    # the contrastive part is the same (same seeds, same init of everything but the decoder)
+    assert with_term.item() > without.item() + 0.5  # + 2 x MSE of an untrained read-back of unit-variance pixels
+    assert module.head.decoder.weight.grad.abs().sum() > 0
 
 
 def test_cli_errors_exit_2_without_traceback(tmp_path):

@@ -91,6 +91,7 @@ class TrainConfig:
     export_ema: bool = _opt(False, "save the EMA teacher instead of the student")
     proj_hidden: int = _opt(512, "projection head hidden width")
     proj_dim: int = _opt(128, "projection head output width")
+    recon_weight: float = _opt(0.0, "weight of the pixel term: a linear decoder reads each global view back from its pooled features (0: off)")
     n_global: int = _opt(2, "global crops per image")
     n_local: int = _opt(2, "local crops per image")
     local_size: int = _opt(14, "local crop side (pixels)")
@@ -124,7 +125,7 @@ class TrainConfig:
 
 _CHOICES = {"method": ("sweet", "poa", "single"), "teacher": ("none", "ema"), "mixed_precision": (None, "no", "bf16", "fp16")}
 _POSITIVE_INTS = ("max_steps", "batch_size", "grad_accum", "save_every", "save_total_limit", "log_every", "n_global", "local_size")
-_FLOATS = ("lr", "min_lr", "weight_decay", "clip_grad", "temperature", "ema_momentum", "jitter", "width_scaling_p", "depth_scaling_p")
+_FLOATS = ("lr", "min_lr", "weight_decay", "clip_grad", "temperature", "ema_momentum", "jitter", "width_scaling_p", "depth_scaling_p", "recon_weight")
 _SECTIONS = {"poa": PoaSettings, "final_eval": EvalSettings}
 
 
@@ -207,6 +208,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError("width_scaling_p and depth_scaling_p are probabilities in [0, 1].")
     if cfg.temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {cfg.temperature}.")
+    if cfg.recon_weight < 0:
+        raise ConfigError(f"recon_weight must be >= 0 (0 turns the pixel term off), got {cfg.recon_weight}.")
     budget = cfg.time_budget_minutes
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ConfigError(f"time_budget_minutes must be a positive number of minutes or null, got {budget!r}.")

@@ -30,7 +30,7 @@ from sweet_hub import SweetTemplate, derive_scalers, export_timm, materialize_st
 from sweet_hub.config import vit_args
 from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_features
 
-__all__ = ["PretrainMethod", "SingleMethod", "SizeChoice", "SweetMethod", "student_loss"]
+__all__ = ["PretrainMethod", "SingleMethod", "SizeChoice", "SweetMethod", "recon_pixels", "student_loss"]
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,12 @@ class SweetMethod(nn.Module):
 
     def __init__(self, template: SweetTemplate, width_scaling_p: float = 0.5, depth_scaling_p: float = 0.0,
                  proj_hidden: int = 512, proj_dim: int = 128, width_scaling_max: int | None = None,
-                 anchor_weights: list[float] | None = None) -> None:
+                 anchor_weights: list[float] | None = None, recon_weight: float = 0.0) -> None:
         super().__init__()
         self.template = template
         cfg = template.config
-        self.head = ProjectionHead(cfg.ranks[1], proj_hidden, proj_dim)
+        self.recon_weight = recon_weight
+        self.head = ProjectionHead(cfg.ranks[1], proj_hidden, proj_dim, recon_pixels(cfg.in_chans, cfg.img_size, recon_weight))
         self.width_scaling_p, self.depth_scaling_p = width_scaling_p, depth_scaling_p
         widths = [w for _, w in cfg.anchors]
         #: widths width-wise stochastic scaling draws from: multiples of head_dim from the smallest
@@ -122,24 +123,25 @@ class SweetMethod(nn.Module):
         cfg = self.template.config
         return derive_scalers(anchor, size.depth, size.width, cfg.depth_rescale, cfg.width_rescale)
 
-    def embed(self, size: SizeChoice, view_groups: list[Tensor]) -> list[Tensor]:
-        """Embeddings of each group of views (one forward per group, views batched inside it)."""
+    def features(self, size: SizeChoice, view_groups: list[Tensor]) -> list[Tensor]:
+        """Pooled features of each group of views in r-space (one forward per group, views batched inside it)."""
         scalers = self._scalers(size)
         state = materialize_state_dict(dict(self.template.cores.items()), scalers, self.template.config)
         to_r_space = scalers["U"] / math.sqrt(size.width)
         heads = size.width // self.template.config.head_dim
-        return [self.head(self.runner.features(state, views, heads) @ to_r_space) for views in view_groups]
+        return [self.runner.features(state, views, heads) @ to_r_space for views in view_groups]
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
                 targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
-        """Contrastive loss of the student at ``size`` (targets: EMA teacher's, or None for its own)."""
-        students = _split_embed(lambda groups: self.embed(size, groups), global_views, local_views)
-        return student_loss(students, targets, len(global_views), temperature)
+        """Loss of the student at ``size`` (targets: EMA teacher's, or None for its own)."""
+        students, features = _split_embed(lambda groups: self.features(size, groups), self.head, global_views, local_views)
+        return (student_loss(students, targets, len(global_views), temperature)
+                + self.recon_weight * self.head.pixel_loss(features, torch.cat(global_views)))
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
         size = SizeChoice(self.teacher_size, *self.teacher_size)
-        return _split_embed(lambda groups: self.embed(size, groups), global_views, [])
+        return _split_embed(lambda groups: self.features(size, groups), self.head, global_views, [])[0]
 
     def model_for(self, depth: int, width: int) -> nn.Module:
         return self.template.materialize(depth, width)
@@ -158,12 +160,14 @@ class SingleMethod(nn.Module):
     """An ordinary timm ViT of one size with the same head and loss (per-size baseline)."""
 
     def __init__(self, model_name: str, model_kwargs: dict[str, Any], proj_hidden: int = 512, proj_dim: int = 128,
-                 pretrained_cfg: dict[str, Any] | None = None) -> None:
+                 pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0) -> None:
         super().__init__()
         # pretrained_cfg: the data config (input size, mean/std) recorded when the model is exported
         self.vit = timm.create_model(model_name, pretrained=False, dynamic_img_size=True, pretrained_cfg_overlay=pretrained_cfg,
                                      **model_kwargs)
-        self.head = ProjectionHead(self.vit.embed_dim, proj_hidden, proj_dim)
+        self.recon_weight = recon_weight
+        pixels = recon_pixels(model_kwargs["in_chans"], model_kwargs["img_size"], recon_weight)
+        self.head = ProjectionHead(self.vit.embed_dim, proj_hidden, proj_dim, pixels)
         self.size = (len(self.vit.blocks), self.vit.embed_dim)
 
     @property
@@ -173,17 +177,18 @@ class SingleMethod(nn.Module):
     def sample_size(self, rng: random.Random) -> SizeChoice:
         return SizeChoice(self.size, *self.size)
 
-    def _embed(self, groups: list[Tensor]) -> list[Tensor]:
-        return [self.head(pooled_features(self.vit, views)) for views in groups]
+    def _features(self, groups: list[Tensor]) -> list[Tensor]:
+        return [pooled_features(self.vit, views) for views in groups]
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice | None = None,
                 targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
-        students = _split_embed(self._embed, global_views, local_views)
-        return student_loss(students, targets, len(global_views), temperature)
+        students, features = _split_embed(self._features, self.head, global_views, local_views)
+        return (student_loss(students, targets, len(global_views), temperature)
+                + self.recon_weight * self.head.pixel_loss(features, torch.cat(global_views)))
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
-        return _split_embed(self._embed, global_views, [])
+        return _split_embed(self._features, self.head, global_views, [])[0]
 
     def model_for(self, depth: int, width: int) -> nn.Module | None:
         return copy.deepcopy(self.vit).eval() if (depth, width) == self.size else None
@@ -202,12 +207,21 @@ def student_loss(students: list[Tensor], targets: list[Tensor] | None, n_global:
     return contrastive_loss(students, targets, temperature, same_views=True)
 
 
-def _split_embed(embed_groups, global_views: list[Tensor], local_views: list[Tensor]) -> list[Tensor]:
-    """Run global views as one batch and local views as another; return one embedding per view."""
+def recon_pixels(in_chans: int, img_size: int | tuple[int, int], recon_weight: float) -> int:
+    """Outputs of the pixel decoder: one per input pixel of a global view, none when the term is off."""
+    height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
+    return in_chans * height * width if recon_weight > 0 else 0
+
+
+def _split_embed(features_of, head: ProjectionHead, global_views: list[Tensor],
+                 local_views: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """Run global views as one batch and local views as another through ``features_of`` (a list of
+    view batches -> a list of pooled features); return one projection per view and the pooled
+    features of the global batch (what the pixel decoder reads)."""
     groups = [torch.cat(global_views)] + ([torch.cat(local_views)] if local_views else [])
-    outputs = embed_groups(groups)
+    features = features_of(groups)
     batch = global_views[0].shape[0]
-    views = list(outputs[0].split(batch))
+    views = list(head(features[0]).split(batch))
     if local_views:
-        views += list(outputs[1].split(batch))
-    return views
+        views += list(head(features[1]).split(batch))
+    return views, features[0]

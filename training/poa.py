@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from sweet_hub import export_timm
 from sweet_hub.export import vit_model_args
 from training.config import PoaSettings
-from training.methods import SizeChoice, _split_embed
+from training.methods import SizeChoice, _split_embed, recon_pixels
 from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_features
 
 __all__ = ["POAMethod", "extract_vit", "slice_state_dict"]
@@ -93,13 +93,15 @@ class POAMethod(nn.Module):
     """Full ViT + projection head; elastic sub-networks are slices of it (see module docstring)."""
 
     def __init__(self, model_kwargs: dict[str, Any], poa_cfg: PoaSettings, proj_hidden: int = 512, proj_dim: int = 128,
-                 pretrained_cfg: dict[str, Any] | None = None) -> None:
+                 pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0) -> None:
         super().__init__()
         self.vit = timm.create_model("vit_base_patch16_224", pretrained=False, dynamic_img_size=True,
                                      pretrained_cfg_overlay=pretrained_cfg, **model_kwargs)
         self.head_dim = model_kwargs["embed_dim"] // model_kwargs["num_heads"]
         self.full = (model_kwargs["depth"], model_kwargs["embed_dim"])
-        self.head = ProjectionHead(self.full[1], proj_hidden, proj_dim)
+        self.recon_weight = recon_weight
+        pixels = recon_pixels(model_kwargs["in_chans"], model_kwargs["img_size"], recon_weight)
+        self.head = ProjectionHead(self.full[1], proj_hidden, proj_dim, pixels)
         self.runner = FunctionalViT(model_kwargs)
         depths = poa_cfg.elastic_depths or list(range(max(1, self.full[0] // 2), self.full[0] + 1))
         widths = poa_cfg.elastic_widths or list(range(max(self.head_dim, self.full[1] // 3), self.full[1] + 1, self.head_dim))
@@ -117,7 +119,7 @@ class POAMethod(nn.Module):
         return SizeChoice(self.full, depth, width)
 
     def _intact(self, groups: list[Tensor]) -> list[Tensor]:
-        return [self.head(pooled_features(self.vit, views)) for views in groups]
+        return [pooled_features(self.vit, views) for views in groups]
 
     def _elastic(self, size: SizeChoice, groups: list[Tensor]) -> list[Tensor]:
         state = slice_state_dict(dict(self.vit.named_parameters()), size.depth, size.width)
@@ -125,24 +127,27 @@ class POAMethod(nn.Module):
         outputs = []
         for views in groups:
             features = self.runner.features(state, views, heads) * (self.full[1] / size.width)
-            outputs.append(self.head(nn.functional.pad(features, (0, self.full[1] - size.width))))  # first-k channels of D
+            outputs.append(nn.functional.pad(features, (0, self.full[1] - size.width)))  # first-k channels of D
         return outputs
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
                 targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
         """The tri-branch loss; ``targets`` are the EMA teacher's (or None: the intact student's)."""
-        intact = _split_embed(self._intact, global_views, local_views)
-        elastic = _split_embed(lambda g: self._elastic(size, g), global_views, local_views)
+        intact, intact_features = _split_embed(self._intact, self.head, global_views, local_views)
+        elastic, elastic_features = _split_embed(lambda g: self._elastic(size, g), self.head, global_views, local_views)
         targets = targets if targets is not None else intact[: len(global_views)]
         distill_targets = [t.detach() for t in intact[: len(global_views)]]
         wi, we, wd = self.weights
+        pixels = torch.cat(global_views)
         return (wi * contrastive_loss(intact, targets, temperature, same_views=True)
                 + we * contrastive_loss(elastic, targets, temperature, same_views=True)
-                + wd * contrastive_loss(elastic, distill_targets, temperature, same_views=True))
+                + wd * contrastive_loss(elastic, distill_targets, temperature, same_views=True)
+                + self.recon_weight * (wi * self.head.pixel_loss(intact_features, pixels)
+                                       + we * self.head.pixel_loss(elastic_features, pixels)))
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
-        return _split_embed(self._intact, global_views, [])
+        return _split_embed(self._intact, self.head, global_views, [])[0]
 
     def model_for(self, depth: int, width: int) -> nn.Module | None:
         return extract_vit(self.vit, depth, width, self.head_dim)

@@ -79,7 +79,7 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
 def build_method(cfg: TrainConfig) -> PretrainMethod:
     """The module being trained, from the config's ``method``."""
     method = cfg.method
-    head = dict(proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim)
+    head = dict(proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim, recon_weight=cfg.recon_weight)
     if method == "sweet":
         from sweet_hub import SweetTemplate
         from training.methods import SweetMethod
@@ -257,7 +257,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         state.train_seconds += elapsed
         done = state.step >= max_steps or (budget is not None and state.train_seconds >= budget)
         images_since_log += cfg.batch_size
-        bar.update(round(elapsed, 2) if budget else 1)
+        bar.update(round(state.train_seconds) - bar.n if budget else 1)  # whole seconds on a time budget
         if state.step % cfg.log_every == 0 or done:
             loss_sum = accelerator.reduce(torch.tensor(loss_sum), reduction="mean").item()  # mean over processes
             now = time.perf_counter()
