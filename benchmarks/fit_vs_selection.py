@@ -1,8 +1,8 @@
 """A template fitted to an existing checkpoint (sweet-hub fit) vs weight selection from it, at
 smaller and larger sizes.
 
-    python benchmarks/fit_vs_selection.py            # after benchmarks/init_quality.py (its per-size runs are the sources)
-    python benchmarks/fit_vs_selection.py --quick    # toy scale (after init_quality.py --quick)
+    python benchmarks/fit_vs_selection.py            # sources: init_quality.py's per-size runs (pre-trained here if missing)
+    python benchmarks/fit_vs_selection.py --quick    # toy scale
 
 Sources: the per-size pre-trained ViTs of init_quality.py (8x192 and 6x160, plain timm
 checkpoints trained by self-supervision on Fashion-MNIST; sweet-hub's fit sees only their
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, command, pyplot, save_result
-from init_quality import PLANS
+from init_quality import PLANS, pretrain, pretrain_overrides
 
 PLAN = {
     "full": {"sources": [[8, 192], [6, 160]], "smaller": [[4, 64], [6, 96], [6, 128], [6, 160]], "larger": [[10, 256], [12, 384]],
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for src_depth, src_width in plan["sources"]:
         name = f"{src_depth}x{src_width}"
         folder = run_dir / f"single_{name}" / "model"
-        if not folder.is_dir():
-            raise SystemExit(f"fit_vs_selection: source {folder} not found; run `python benchmarks/init_quality.py"
-                             f"{' --quick' if args.quick else ''}` first")
+        if not folder.is_dir():  # pre-train it exactly as init_quality.py does (same cache, so init_quality reuses it)
+            pretrain(f"single_{name}", ["method=single", f"size=[{src_depth},{src_width}]", *pretrain_overrides(PLANS[plan_name])],
+                     run_dir, force=False)
         source = load_source(str(folder))
         if protocol is None:
             protocol = EvalProtocol("fashion_mnist", source.patch_embed.img_size[0], source.patch_embed.proj.in_channels,
