@@ -73,6 +73,11 @@ def test_demo_small(tmp_path):
     assert [(r["depth"], r["width"]) for r in result["sizes"]] == [(2, 32), (3, 96)]
     assert all(0 <= r["knn_template"] <= 100 and r["params"] > 0 for r in result["sizes"])
     assert (tmp_path / "demo.png").stat().st_size > 0
+    assert result["pixels"]["centred_pixels_knn"] >= result["raw_pixels_knn"] - 5  # the baselines reported beside the table
+    import readme_table
+
+    section = "\n".join(readme_table.demo_section(result))
+    assert "mean-centred pixels" in section and "The largest size (3x96)" in section
 
 
 def test_load_time_small(tmp_path, template_dir):

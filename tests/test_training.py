@@ -276,6 +276,9 @@ def test_learn_scalers_keep_if_better_stores_only_sizes_that_win_on_held_out_tra
         scores = facts["validation_knn"]
         assert facts["kept"] == (scores["learned"] > scores["derived"]) and 0 <= scores["derived"] <= 100
         assert loaded.has_scalers(depth, width) == facts["kept"]  # a losing size keeps its derived scalers
+        if facts["kept"]:  # the held-out scores that decided it travel with the file (config.json, card)
+            info = loaded.scaler_info[f"d{depth}_w{width}"]
+            assert (info["held_out_knn_derived"], info["held_out_knn_learned"]) == (scores["derived"], scores["learned"])
     assert "3x48" in result.stdout
 
 

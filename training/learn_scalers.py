@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if validation is not None:
             facts["validation_knn"] = {"derived": _knn(template, depth, width, validation), "learned": _knn(candidate, depth, width, validation)}
             facts["kept"] = facts["validation_knn"]["learned"] > facts["validation_knn"]["derived"]
-            if facts["kept"]:
+            if facts["kept"]:  # the card then says why these scalers were kept
                 template.add_scalers(depth, width, candidate.stored_scalers(depth, width),
-                                     **{k: v for k, v in candidate.scaler_info[key].items() if k not in ("depth", "width")})
+                                     **{k: v for k, v in candidate.scaler_info[key].items() if k not in ("depth", "width")},
+                                     held_out_knn_derived=facts["validation_knn"]["derived"],
+                                     held_out_knn_learned=facts["validation_knn"]["learned"])
         if accelerator.is_main_process and template.has_scalers(depth, width) and facts.get("kept", True):
             facts["scaler_file"] = str(template.save_scalers(folder, depth, width))
         report[format_size(depth, width)] = facts
