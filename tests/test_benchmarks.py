@@ -80,6 +80,19 @@ def test_demo_small(tmp_path):
     assert "mean-centred pixels" in section and "The largest size (3x96)" in section
 
 
+def test_readout_small(tmp_path, template_dir):
+    import readme_table
+    import readout
+
+    result = readout.main(["--template", str(template_dir), "--sizes", "2x32", "--train-size", "300", "--test-size", "200",
+                           "--out", str(tmp_path / "readout.json")])
+    assert [(r["size"], r["init"]) for r in result["rows"]] == [("2x32", "template"), ("2x32", "random init")]
+    assert all(0 <= r[k] <= 100 for r in result["rows"] for k in readout.READOUTS)
+    assert result["protocol"]["queries"] == "held-out train images"  # never the test split
+    assert (tmp_path / "readout.png").stat().st_size > 0
+    assert "final tokens, flattened" in "\n".join(readme_table.readout_section(result))
+
+
 def test_load_time_small(tmp_path, template_dir):
     import load_time
 

@@ -1,0 +1,106 @@
+"""Where the k-NN of a template is lost: pooled features vs the final tokens they are pooled from.
+
+    python benchmarks/readout.py [--template PATH_OR_REPO] [--sizes 4x64 8x192 12x384]
+
+The k-NN protocol of every other table reads the *pooled* pre-logit features (what timm's
+``forward_head(pre_logits=True)`` returns, what a classifier head sees). This script reads the
+same models four ways, on the validation protocol (memory = 5000 train images, queries = 2000
+other train images; the test split is never read):
+
+- ``pooled``: the protocol's features,
+- ``pooled_centred``: the same minus their mean over the memory bank,
+- ``tokens``: the final patch tokens after the last norm, flattened (N x tokens*width),
+- ``tokens_centred``: the same, centred,
+
+beside raw and mean-centred pixels and timm's random init read the same ways. If tokens beat
+pixels and pooled features do not, the backbone holds the information and pooling discards it:
+the lever is the pre-training objective or the read-out, not capacity. Writes
+benchmarks/results/readout.json and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, command, grouped_bars, save_result
+
+READOUTS = ("pooled", "pooled_centred", "tokens", "tokens_centred")
+
+
+def readouts(model, images, mean, std, batch_size: int = 500) -> dict[str, Any]:
+    """The pooled features and the flattened final patch tokens of uint8 ``images``."""
+    import torch
+
+    from sweet_hub.data import normalize
+
+    model.eval()
+    pooled, tokens = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = model.forward_features(normalize(images[i:i + batch_size], mean, std))
+            pooled.append(model.forward_head(x, pre_logits=True))
+            tokens.append(x[:, model.num_prefix_tokens:].flatten(1))
+    return {"pooled": torch.cat(pooled), "tokens": torch.cat(tokens)}
+
+
+def scores(memory: dict[str, Any], queries: dict[str, Any], memory_labels, query_labels) -> dict[str, float]:
+    """k-NN (the protocol's: cosine, k=20, T=0.07) of each read-out, raw and centred on the memory bank."""
+    from sweet_hub.knn import knn_accuracy
+
+    out = {}
+    for name in ("pooled", "tokens"):
+        m, q = memory[name].float(), queries[name].float()
+        mu = m.mean(0)
+        out[name] = round(knn_accuracy(m, memory_labels, q, query_labels), 2)
+        out[f"{name}_centred"] = round(knn_accuracy(m - mu, memory_labels, q - mu, query_labels), 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--template", help="template folder or Hub repo id (default: the bundled template)")
+    parser.add_argument("--sizes", nargs="+", default=["4x64", "8x192", "12x384"], help="DEPTHxWIDTH")
+    parser.add_argument("--train-size", type=int, default=5000)
+    parser.add_argument("--test-size", type=int, default=2000)
+    parser.add_argument("--out", default=str(RESULTS / "readout.json"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    import sweet_hub
+    from sweet_hub.config import parse_size
+    from training.evaluate import EvalProtocol, pixel_baselines
+    from training.report import random_vit
+
+    source = args.template or str(sweet_hub.BUNDLED_TEMPLATE)
+    template = sweet_hub.SweetTemplate.from_pretrained(source)
+    cfg = template.config
+    protocol = EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, args.train_size, args.test_size, 1, holdout=True)
+    memory, queries = protocol.train, protocol.test
+    rows = []
+    for spec in args.sizes:
+        depth, width = parse_size(spec)
+        for init, model in (("template", template.materialize(depth, width)), ("random init", random_vit(cfg, depth, width))):
+            row = {"size": spec, "init": init, "scalers": template.scaler_source(depth, width) if init == "template" else "-",
+                   **scores(readouts(model, memory.images, cfg.mean, cfg.std), readouts(model, queries.images, cfg.mean, cfg.std),
+                            memory.labels, queries.labels)}
+            rows.append(row)
+            print(f"{spec:>7} {init:<12} " + "  ".join(f"{k} {row[k]:5.1f}" for k in READOUTS), flush=True)
+    result = {"command": command("readout.py", argv), "template": source if args.template else "bundled (sweet_hub/fmnist)",
+              "protocol": protocol.description, "pixels": {k: round(v, 2) for k, v in pixel_baselines(protocol).items()},
+              "torch_threads": torch.get_num_threads(), "rows": rows}
+    save_result(result, args.out, plot)
+    return result
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    rows = [r for r in result["rows"] if r["init"] == "template"]
+    grouped_bars(path, [r["size"] for r in rows], {k: [r[k] for r in rows] for k in READOUTS},
+                 hline=("mean-centred pixels", result["pixels"]["centred_pixels_knn"]), legend_loc="lower right",
+                 xlabel="size", ylabel="k-NN accuracy (%)", title="Template features: pooled vs final tokens (validation)")
+
+
+if __name__ == "__main__":
+    main()
