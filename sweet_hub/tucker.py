@@ -236,7 +236,9 @@ def _select_width(U: Tensor, V: Tensor, width: int) -> tuple[Tensor, Tensor]:
 
     Narrower: the first ``width`` channels (whole heads, as weight selection does), with V scaled
     by sqrt(width / D_src) so the materialized weights are exactly the selected source weights
-    (materialization carries a 1/sqrt(width) factor). Wider: channel j copies channel
+    (materialization carries a 1/sqrt(width) factor). The MLP's hidden layer is four D x D blocks
+    here, so it keeps the first ``width`` units of each quarter, where slicing a timm checkpoint
+    keeps the first 4 * width. Wider: channel j copies channel
     j mod D_src, with V scaled by sqrt(D_src / width), which reproduces the source function
     exactly when width is a multiple of D_src (every sum over duplicated inputs is divided by the
     number of copies). The copies of a channel read with weights spread by +-25% around that
