@@ -30,7 +30,7 @@ from sweet_hub import SweetTemplate, derive_scalers, export_timm, materialize_st
 from sweet_hub.config import vit_args
 from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_features
 
-__all__ = ["PretrainMethod", "SingleMethod", "SizeChoice", "SweetMethod", "recon_pixels", "student_loss"]
+__all__ = ["PretrainMethod", "SingleMethod", "SizeChoice", "SweetMethod", "student_loss", "view_pixels"]
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,7 @@ class SweetMethod(nn.Module):
         super().__init__()
         self.template = template
         cfg = template.config
-        self.recon_weight = recon_weight
-        self.head = ProjectionHead(cfg.ranks[1], proj_hidden, proj_dim, recon_pixels(cfg.in_chans, cfg.img_size, recon_weight))
+        self.head = ProjectionHead(cfg.ranks[1], proj_hidden, proj_dim, view_pixels(cfg.in_chans, cfg.img_size), recon_weight)
         self.width_scaling_p, self.depth_scaling_p = width_scaling_p, depth_scaling_p
         widths = [w for _, w in cfg.anchors]
         #: widths width-wise stochastic scaling draws from: multiples of head_dim from the smallest
@@ -135,8 +134,7 @@ class SweetMethod(nn.Module):
                 targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
         """Loss of the student at ``size`` (targets: EMA teacher's, or None for its own)."""
         students, features = _split_embed(lambda groups: self.features(size, groups), self.head, global_views, local_views)
-        return (student_loss(students, targets, len(global_views), temperature)
-                + self.recon_weight * self.head.pixel_loss(features, torch.cat(global_views)))
+        return student_loss(students, targets, len(global_views), temperature) + self.head.pixel_loss(features, global_views)
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
@@ -165,9 +163,8 @@ class SingleMethod(nn.Module):
         # pretrained_cfg: the data config (input size, mean/std) recorded when the model is exported
         self.vit = timm.create_model(model_name, pretrained=False, dynamic_img_size=True, pretrained_cfg_overlay=pretrained_cfg,
                                      **model_kwargs)
-        self.recon_weight = recon_weight
-        pixels = recon_pixels(model_kwargs["in_chans"], model_kwargs["img_size"], recon_weight)
-        self.head = ProjectionHead(self.vit.embed_dim, proj_hidden, proj_dim, pixels)
+        pixels = view_pixels(model_kwargs["in_chans"], model_kwargs["img_size"])
+        self.head = ProjectionHead(self.vit.embed_dim, proj_hidden, proj_dim, pixels, recon_weight)
         self.size = (len(self.vit.blocks), self.vit.embed_dim)
 
     @property
@@ -183,8 +180,7 @@ class SingleMethod(nn.Module):
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice | None = None,
                 targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
         students, features = _split_embed(self._features, self.head, global_views, local_views)
-        return (student_loss(students, targets, len(global_views), temperature)
-                + self.recon_weight * self.head.pixel_loss(features, torch.cat(global_views)))
+        return student_loss(students, targets, len(global_views), temperature) + self.head.pixel_loss(features, global_views)
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
@@ -207,10 +203,10 @@ def student_loss(students: list[Tensor], targets: list[Tensor] | None, n_global:
     return contrastive_loss(students, targets, temperature, same_views=True)
 
 
-def recon_pixels(in_chans: int, img_size: int | tuple[int, int], recon_weight: float) -> int:
-    """Outputs of the pixel decoder: one per input pixel of a global view, none when the term is off."""
+def view_pixels(in_chans: int, img_size: int | tuple[int, int]) -> int:
+    """Numbers in one global view (the pixel decoder's outputs)."""
     height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
-    return in_chans * height * width if recon_weight > 0 else 0
+    return in_chans * height * width
 
 
 def _split_embed(features_of, head: ProjectionHead, global_views: list[Tensor],

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from sweet_hub import export_timm
 from sweet_hub.export import vit_model_args
 from training.config import PoaSettings
-from training.methods import SizeChoice, _split_embed, recon_pixels
+from training.methods import SizeChoice, _split_embed, view_pixels
 from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_features
 
 __all__ = ["POAMethod", "extract_vit", "slice_state_dict"]
@@ -99,9 +99,8 @@ class POAMethod(nn.Module):
                                      pretrained_cfg_overlay=pretrained_cfg, **model_kwargs)
         self.head_dim = model_kwargs["embed_dim"] // model_kwargs["num_heads"]
         self.full = (model_kwargs["depth"], model_kwargs["embed_dim"])
-        self.recon_weight = recon_weight
-        pixels = recon_pixels(model_kwargs["in_chans"], model_kwargs["img_size"], recon_weight)
-        self.head = ProjectionHead(self.full[1], proj_hidden, proj_dim, pixels)
+        pixels = view_pixels(model_kwargs["in_chans"], model_kwargs["img_size"])
+        self.head = ProjectionHead(self.full[1], proj_hidden, proj_dim, pixels, recon_weight)
         self.runner = FunctionalViT(model_kwargs)
         depths = poa_cfg.elastic_depths or list(range(max(1, self.full[0] // 2), self.full[0] + 1))
         widths = poa_cfg.elastic_widths or list(range(max(self.head_dim, self.full[1] // 3), self.full[1] + 1, self.head_dim))
@@ -138,12 +137,11 @@ class POAMethod(nn.Module):
         targets = targets if targets is not None else intact[: len(global_views)]
         distill_targets = [t.detach() for t in intact[: len(global_views)]]
         wi, we, wd = self.weights
-        pixels = torch.cat(global_views)
         return (wi * contrastive_loss(intact, targets, temperature, same_views=True)
                 + we * contrastive_loss(elastic, targets, temperature, same_views=True)
                 + wd * contrastive_loss(elastic, distill_targets, temperature, same_views=True)
-                + self.recon_weight * (wi * self.head.pixel_loss(intact_features, pixels)
-                                       + we * self.head.pixel_loss(elastic_features, pixels)))
+                + wi * self.head.pixel_loss(intact_features, global_views)
+                + we * self.head.pixel_loss(elastic_features, global_views))
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:

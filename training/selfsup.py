@@ -28,7 +28,7 @@ __all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "contrastive_loss", 
 
 class ProjectionHead(nn.Module):
     """MLP projection to the contrastive space (timm ``Mlp`` + a linear output), and optionally a
-    linear pixel decoder of the same pooled features (``recon_pixels`` > 0).
+    linear pixel decoder of the same pooled features (``recon_pixels`` and ``recon_weight`` > 0).
 
     The decoder is the reconstruction term of the loss (:meth:`pixel_loss`): a contrastive loss
     alone makes pooled features invariant to what the crops change (position, scale), and on
@@ -37,21 +37,24 @@ class ProjectionHead(nn.Module):
     term shapes the rest.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, recon_pixels: int = 0) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, recon_pixels: int = 0,
+                 recon_weight: float = 0.0) -> None:
         super().__init__()
         self.mlp = Mlp(in_dim, hidden_features=hidden_dim, out_features=hidden_dim, act_layer=nn.GELU)
         self.out = nn.Linear(hidden_dim, out_dim)
-        self.decoder = nn.Linear(in_dim, recon_pixels) if recon_pixels else None
+        self.recon_weight = recon_weight
+        self.decoder = nn.Linear(in_dim, recon_pixels) if recon_pixels and recon_weight > 0 else None
 
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(self.out(F.gelu(self.mlp(x))), dim=-1)
 
-    def pixel_loss(self, features: Tensor, views: Tensor) -> Tensor:
-        """Mean squared error of the linear read-back of ``views`` (normalized pixels, (B, C, H, W))
-        from their pooled ``features`` (B, in_dim); 0 without a decoder."""
+    def pixel_loss(self, features: Tensor, views: list[Tensor]) -> Tensor:
+        """``recon_weight`` x the mean squared error of the linear read-back of ``views`` (normalized
+        pixels, each (B, C, H, W), in the order their pooled ``features`` (len(views) * B, in_dim)
+        were computed); 0 without a decoder."""
         if self.decoder is None:
             return features.new_zeros(())
-        return F.mse_loss(self.decoder(features), views.flatten(1))
+        return self.recon_weight * F.mse_loss(self.decoder(features), torch.cat(views).flatten(1))
 
 
 def gather_batches(tensor: Tensor) -> tuple[Tensor, int]:
