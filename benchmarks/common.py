@@ -20,6 +20,19 @@ def command(script: str, argv: list[str] | None) -> str:
     return " ".join(["python", f"benchmarks/{script}", *args])
 
 
+def add_template_argument(parser) -> None:
+    """``--template``: the template a benchmark reads (a folder or Hub repo id; default: the bundled one)."""
+    parser.add_argument("--template", help="template folder or Hub repo id (default: the bundled template)")
+
+
+def load_template(arg: str | None):
+    """The template named by ``--template`` (the bundled one when None) and its label for result files."""
+    import sweet_hub
+
+    template = sweet_hub.SweetTemplate.from_pretrained(arg or str(sweet_hub.BUNDLED_TEMPLATE))
+    return template, arg or "bundled (sweet_hub/fmnist)"
+
+
 def save_result(result: dict[str, Any], out: str | Path, plot: Callable[[dict[str, Any], Path], None] | None) -> Path:
     """Write ``result`` as JSON (atomically) and its plot next to it (same name, .png)."""
     from sweet_hub.files import write_text

@@ -14,14 +14,14 @@ import argparse
 import time
 from pathlib import Path
 
-from common import RESULTS, command, finish, pyplot, save_result
+from common import RESULTS, add_template_argument, command, finish, load_template, pyplot, save_result
 
 DEFAULT_SIZES = ["4x64", "6x128", "8x192", "6x96", "8x256", "10x256", "12x384", "10x512"]
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--template", help="template folder or Hub repo id (default: the bundled template)")
+    add_template_argument(parser)
     parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="DEPTHxWIDTH")
     parser.add_argument("--train-size", type=int, default=5000, help="k-NN memory: training images")
     parser.add_argument("--test-size", type=int, default=2000, help="test images evaluated")
@@ -30,15 +30,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    import sweet_hub
     from training.evaluate import EvalProtocol, evaluate_model, pixel_baselines
     from training.report import random_vit
 
-    source = args.template or str(sweet_hub.BUNDLED_TEMPLATE)
-    template = sweet_hub.SweetTemplate.from_pretrained(source)
+    template, label = load_template(args.template)
     cfg = template.config
     trained = bool(template.card_info.get("training"))
-    print(f"Template: {'bundled ' if args.template is None else ''}{source}")
+    print(f"Template: {label}")
     if not trained:
         print("NOTE: this template was never trained (random initialization): expect template ~ random init below.")
     protocol = EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, args.train_size, args.test_size, 1)
@@ -69,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
               flush=True)
         del model
     result = {"command": command("demo.py", argv),
-              "template": source if args.template else "bundled (sweet_hub/fmnist)", "template_trained": trained,
+              "template": label, "template_trained": trained,
               "protocol": protocol.description, "raw_pixels_knn": raw, "pixels": pixels, "torch_threads": torch.get_num_threads(),
               "sizes": rows}
     save_result(result, args.out, plot)

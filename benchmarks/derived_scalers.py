@@ -22,14 +22,14 @@ import dataclasses
 import itertools
 import time
 
-from common import RESULTS, command, grouped_bars, save_result
+from common import RESULTS, add_template_argument, command, grouped_bars, load_template, save_result
 
 DEFAULT_SIZES = ["6x96", "6x160", "8x256", "10x256", "3x192", "12x384", "10x512"]
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--template", help="template folder (default: the bundled template)")
+    add_template_argument(parser)
     parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES)
     parser.add_argument("--images", type=int, default=1000, help="unlabeled images for learned scalers")
     parser.add_argument("--steps", type=int, default=300, help="steps for learned scalers")
@@ -38,15 +38,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(RESULTS / "derived_scalers.json"))
     args = parser.parse_args(argv)
 
-    import sweet_hub
     from sweet_hub.config import size_key
     from training.data import load_image_tensors
     from training.evaluate import EvalProtocol, evaluate_model, raw_pixel_knn
     from training.learn_scalers import learn_scalers
     from training.report import random_vit
 
-    source = args.template or str(sweet_hub.BUNDLED_TEMPLATE)
-    shipped = sweet_hub.SweetTemplate.from_pretrained(source)
+    shipped, label = load_template(args.template)
     cfg = shipped.config
     base = copy.deepcopy(shipped)  # every non-anchor size derived again; the shipped learned scalers are the 'learned' column
     for key, info in list(shipped.scaler_info.items()):
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         row["random"] = round(evaluate_model(random_vit(cfg, depth, width), protocol, cfg.mean, cfg.std)["knn"], 2)
         rows.append(row)
         print(" | ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
-    result = {"command": command("derived_scalers.py", argv), "template": source if args.template else "bundled",
+    result = {"command": command("derived_scalers.py", argv), "template": label,
               "configured": {"depth_rescale": cfg.depth_rescale, "width_rescale": cfg.width_rescale},
               "protocol": protocol.description, "raw_pixels_knn": round(raw_pixel_knn(protocol), 2),
               "learned": {"images": args.images, "steps": args.steps}, "variants": list(variants) + ["learned", "random"], "sizes": rows}

@@ -70,45 +70,61 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     fits: dict[str, Any] = {}
     protocol = reference = None
-    earlier = _earlier_sources(Path(out), plan, eval_plan)
+    earlier_json = json.loads(Path(out).read_text()) if Path(out).is_file() else {}
+    earlier = _earlier_sources(earlier_json, plan, eval_plan)
+    _seed_random_cache(cache, earlier)
     for src_depth, src_width in plan["sources"]:
         name = f"{src_depth}x{src_width}"
-        folder = run_dir / f"single_{name}" / "model"
-        if not folder.is_dir():  # pre-train it exactly as init_quality.py does (same cache, so init_quality reuses it)
-            pretrain(f"single_{name}", ["method=single", f"size=[{src_depth},{src_width}]", *pretrain_overrides(PLANS[plan_name])],
-                     run_dir, force=False)
-        source = load_source(str(folder))
-        if protocol is None:
-            protocol = EvalProtocol("fashion_mnist", source.patch_embed.img_size[0], source.patch_embed.proj.in_channels,
-                                    eval_plan["train_size"], eval_plan["test_size"], eval_plan["finetune_labels"])
-            reference = {k: round(v, 2) for k, v in pixel_baselines(protocol).items()}
-        if name in earlier:  # measured by an earlier invocation (its JSON), e.g. on another machine
+        if name in earlier:  # measured by an earlier invocation (its JSON), e.g. on another machine: no need for the source
             source_rows, fits[name] = earlier[name]
             print(f"[resume] source {name} from {out}", flush=True)
         else:
+            folder = run_dir / f"single_{name}" / "model"
+            if not folder.is_dir():  # pre-train it exactly as init_quality.py does (same cache, so init_quality reuses it)
+                pretrain(f"single_{name}", ["method=single", f"size=[{src_depth},{src_width}]", *pretrain_overrides(PLANS[plan_name])],
+                         run_dir, force=False)
+            source = load_source(str(folder))
+            if protocol is None:
+                protocol = EvalProtocol("fashion_mnist", source.patch_embed.img_size[0], source.patch_embed.proj.in_channels,
+                                        eval_plan["train_size"], eval_plan["test_size"], eval_plan["finetune_labels"])
+                reference = {k: round(v, 2) for k, v in pixel_baselines(protocol).items()}
             source_rows, fits[name] = _cached(cache / f"source_{name}.json", _run_source, source, name, plan, eval_plan, protocol, cache)
         rows += source_rows
         import torch
 
         result = {
-            "command": command("fit_vs_selection.py", argv), "plan": plan, "eval": eval_plan, "protocol": protocol.description,
-            "reference": reference, "fits": fits, "rows": rows, "complete": len(fits) == len(plan["sources"]),
+            "command": command("fit_vs_selection.py", argv), "plan": plan, "eval": eval_plan,
+            "protocol": protocol.description if protocol else earlier_json["protocol"],
+            "reference": reference or earlier_json["reference"], "fits": fits, "rows": rows,
+            "complete": len(fits) == len(plan["sources"]),
             "wall_minutes": round(sum(f.get("seconds", 0) for f in fits.values()) / 60, 1), "torch_threads": torch.get_num_threads(),
         }
         save_result(result, out, plot)  # after every source, so an interrupted run still reports what it measured
     return result
 
 
-def _earlier_sources(out: Path, plan: dict[str, Any], eval_plan: dict[str, Any]) -> dict[str, Any]:
-    """Sources already measured in ``out`` by an earlier invocation with the same plan and protocol."""
-    if not out.is_file():
-        return {}
-    earlier = json.loads(out.read_text())
-    if earlier.get("plan") != json.loads(json.dumps(plan)) or earlier.get("eval") != json.loads(json.dumps(eval_plan)):
+def _earlier_sources(earlier: dict[str, Any], plan: dict[str, Any], eval_plan: dict[str, Any]) -> dict[str, Any]:
+    """Sources already measured in an earlier invocation's JSON (``earlier``) with the same plan and protocol."""
+    if not earlier or earlier.get("plan") != json.loads(json.dumps(plan)) or earlier.get("eval") != json.loads(json.dumps(eval_plan)):
         return {}
     if len(earlier["fits"]) == 1:  # written before sources recorded their own time
         next(iter(earlier["fits"].values())).setdefault("seconds", earlier["wall_minutes"] * 60)
+    for fit in earlier["fits"].values():  # written before sources recorded their own thread count
+        fit.setdefault("torch_threads", earlier["torch_threads"])
     return {name: ([r for r in earlier["rows"] if r["source"] == name], fit) for name, fit in earlier["fits"].items()}
+
+
+def _seed_random_cache(cache: Path, earlier: dict[str, Any]) -> None:
+    """Random init does not depend on the source (same architecture, seed and protocol), so the random rows
+    an earlier invocation measured fill the cache instead of being evaluated again."""
+    from sweet_hub.files import write_text
+
+    for source_rows, _ in earlier.values():
+        for row in source_rows:
+            path = cache / f"random_{row['size']}.json"
+            if row["init"] == "random" and row.get("available") and not path.is_file():
+                keep = {k: row[k] for k in ("knn", "linear_probe", "finetune_mean", "finetune_std")}
+                write_text(path, json.dumps(keep, indent=2) + "\n")
 
 
 def _cached(path: Path, compute, *args):
@@ -173,7 +189,10 @@ def _run_source(source, name: str, plan: dict[str, Any], eval_plan: dict[str, An
                 print(f"[eval] {name} -> {row['size']:>7} {init:<17} k-NN {row['knn']:5.1f}  probe {row['linear_probe']:5.1f}  "
                       f"fine-tune {row['finetune_mean']:5.1f}±{row['finetune_std']:.1f}", flush=True)
             rows.append(row)
+    import torch
+
     fit["seconds"] = round(time.perf_counter() - started, 1)
+    fit["torch_threads"] = torch.get_num_threads()
     return rows, fit
 
 

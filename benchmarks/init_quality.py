@@ -69,7 +69,9 @@ def pretrain(name: str, overrides: list[str], run_dir: Path, force: bool) -> dic
     if (out / "checkpoints").is_dir() and not force:
         cmd.insert(2, "--resume")
     print(f"[pretrain] {name}: {' '.join(cmd[1:])}", flush=True)
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:  # pretrain.py printed why; no traceback of this wrapper on top of it
+        raise SystemExit(f"pre-training run '{name}' failed (its error is printed above); fix that and run this script "
+                         f"again: finished runs are cached under {run_dir}")
     return json.loads(summary.read_text())
 
 
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return random_vit(cfg, d, w)
 
     # 3. evaluation -------------------------------------------------------------------------------------
+    eval_started = time.perf_counter()
     e = plan["eval"]
     protocol, transfer = eval_protocols(cfg, e)
     reference = {**{k: round(v, 2) for k, v in pixel_baselines(protocol).items()},
@@ -204,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "learned_scalers": learned_facts, "protocol": protocol.description, "transfer_protocol": transfer.description,
         "finetune": {"labels": e["finetune_labels"], "steps": e["finetune_steps"], "seeds": e["seeds"]},
         "reference": reference, "rows": rows, "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+        "eval_minutes": round((time.perf_counter() - eval_started) / 60, 1),
         "torch_threads": torch.get_num_threads(),
     }
     save_result(result, args.out or RESULTS / f"init_quality{'_quick' if args.quick else ''}.json", plot)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, command, grouped_bars, save_result
+from common import RESULTS, add_template_argument, command, grouped_bars, save_result
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
@@ -46,7 +46,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--template", default=None, help="template folder or Hub id (default: the bundled template)")
+    add_template_argument(parser)
     parser.add_argument("--sizes", nargs="+", default=["6x192", "10x512", "12x768"], help="DEPTHxWIDTH")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--out", default=str(RESULTS / "load_time.json"))

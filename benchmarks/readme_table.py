@@ -80,7 +80,7 @@ def derived_section(r: dict[str, Any]) -> list[str]:
     lines = [
         "### Unseen sizes: derived vs learned scalers",
         "",
-        f"k-NN at sizes that are not anchors, on {'the bundled template' if r['template'] == 'bundled' else r['template']}, for the four "
+        f"k-NN at sizes that are not anchors, on {'the bundled template' if r['template'].startswith('bundled') else r['template']}, for the four "
         f"derivation rules of `derive_scalers` and for scalers learned from {r['learned']['images']} unlabeled images in "
         f"{r['learned']['steps']} steps{_learned_origin(r)}. Bold: best per size. `{r['command']}`",
         "",
@@ -108,8 +108,8 @@ def init_quality_section(r: dict[str, Any]) -> list[str]:
         f"Same data (Fashion-MNIST, no labels), same contrastive loss and the same images seen for every pre-training "
         f"({budget}). Metrics: k-NN / linear probe of frozen features, fine-tuning with {ft['labels']} labels (1%) for "
         f"{ft['steps']} steps (mean ± std over {len(ft['seeds'])} seeds), and k-NN on a transfer set (scikit-learn digits). "
-        f"Raw-pixel k-NN: {r['reference']['raw_pixels_knn']:.1f}% (digits: {r['reference']['transfer_raw_pixels_knn']:.1f}%). "
-        f"`{r['command']}` ({r['wall_minutes']:.0f} min).",
+        f"{_pixel_line(r['reference'])} (digits: raw-pixel k-NN {r['reference']['transfer_raw_pixels_knn']:.1f}%). "
+        f"`{r['command']}` ({_harness_time(r)}).",
         "",
         *md_header("size", "init", *METRICS.values()),
     ]
@@ -136,6 +136,22 @@ def init_quality_section(r: dict[str, Any]) -> list[str]:
         lines.append(f"| {size} | {label}{scalers} | {knn} | {probe} | {finetune} | {transfer} |")
     lines += ["", *init_quality_summary(r["rows"]), "", "![init quality](benchmarks/results/init_quality.png)", ""]
     return lines
+
+
+def _pixel_line(ref: dict[str, float]) -> str:
+    """What pixels alone score on the protocol: the line any initialization has to clear."""
+    if "centred_pixels_knn" not in ref:  # result files written before centred pixels and the pixel probe were measured
+        return f"Raw-pixel k-NN: {ref['raw_pixels_knn']:.1f}%"
+    return (f"Pixels: k-NN {ref['raw_pixels_knn']:.1f}% raw, {ref['centred_pixels_knn']:.1f}% centred; linear probe "
+            f"{ref['pixels_linear_probe']:.1f}%")
+
+
+def _harness_time(r: dict[str, Any]) -> str:
+    """Pre-training (summed over the runs, whichever invocation ran them) and evaluation time of init_quality.py."""
+    if "eval_minutes" not in r:  # result files written before the evaluation was timed on its own
+        return f"{r['wall_minutes']:.0f} min"
+    pre = sum(v["train_seconds"] for v in r["pretraining"].values()) / 60
+    return f"pre-training {pre:.0f} min, evaluation {r['eval_minutes']:.0f} min on {r['torch_threads']} thread(s)"
 
 
 METRICS = {"knn": "k-NN", "linear_probe": "linear probe", "finetune_mean": "fine-tune 1%", "transfer_knn": "digits k-NN"}
@@ -178,8 +194,7 @@ def equal_compute_section(r: dict[str, Any]) -> list[str]:
         f"{pre['sweet_equal_images']['train_seconds'] / 60:.1f} min. Here SWEET gets the {r['budget']} "
         f"({r['budget_seconds'] / 60:.1f} min: {singles}; POA took {pre['poa']['train_seconds'] / 60:.1f} min) as a step budget: "
         f"{pre['sweet_equal_time']['steps']} steps, {pre['sweet_equal_time']['images_seen']:,} images, "
-        f"{pre['sweet_equal_time']['train_seconds'] / 60:.1f} min. Same protocol; centred pixels: "
-        f"k-NN {r['reference']['centred_pixels_knn']:.1f}%, probe {r['reference']['pixels_linear_probe']:.1f}%. `{r['command']}`",
+        f"{pre['sweet_equal_time']['train_seconds'] / 60:.1f} min. Same protocol. {_pixel_line(r['reference'])}. `{r['command']}`",
         "",
         *md_header("size", "metric", "per-size (own run)", "weight selection", "POA (equal images)", "SWEET (equal images)",
                    "SWEET (equal time)"),
@@ -288,8 +303,7 @@ def recipe_section(r: dict[str, Any]) -> list[str]:
         "",
         f"Every variant pre-trains for the same wall-clock budget ({r['budget_minutes']:g} min, {r['threads_per_run']} thread, "
         f"{r['parallel_runs']} runs at a time; per-size pre-training of 8x192 gets a third of it, as three anchors trained one by "
-        f"one would). Validation protocol, never the test images: {r['protocol']}. Pixels on the same protocol: k-NN "
-        f"{b['raw_pixels_knn']:.1f}% raw, **{b['centred_pixels_knn']:.1f}%** mean-centred; linear probe {b['pixels_linear_probe']:.1f}%. "
+        f"one would). Validation protocol, never the test images: {r['protocol']}. {_pixel_line(b)} on the same protocol. "
         + ("Rounds: " + "; ".join(f"`{i['command']}`" for i in r["invocations"]) if r.get("invocations") else f"`{r['command']}`"),
         "",
         *md_header("variant", "images seen", "k-NN anchors", "k-NN unseen", "probe anchors", "probe unseen", "materialize",
@@ -324,14 +338,14 @@ def fit_section(r: dict[str, Any]) -> list[str]:
         f"fitted at full ranks. Learned scalers: {learned['images']} unlabeled train images, {learned['steps']} distillation steps "
         f"per size, the source as teacher. Protocol: {r['protocol']['train']} train / {r['protocol']['test']} test images, "
         f"fine-tuning {r['eval']['finetune_steps']} steps on {r['eval']['finetune_labels']} labels, mean ± std over "
-        f"{len(r['eval']['seeds'])} seeds. Pixels: k-NN {ref['centred_pixels_knn']:.1f}% (centred), probe "
-        f"{ref['pixels_linear_probe']:.1f}%. `{r['command']}` ({r['wall_minutes']:.0f} min, {r['torch_threads']} thread)",
+        f"{len(r['eval']['seeds'])} seeds. {_pixel_line(ref)}. `{r['command']}`",
         "",
-        *md_header("source", "k-NN source", "k-NN fitted (source size)", "fit time", "learned scalers time"),
+        *md_header("source", "k-NN source", "k-NN fitted (source size)", "fit time", "learned scalers time", "benchmark time"),
     ]
     for name, f in r["fits"].items():
+        threads = f.get("torch_threads", r["torch_threads"])
         lines.append(md_row(name, f"{f['source']['knn']:.2f}", f"{f['fitted_at_source']['knn']:.2f}", f"{f['fit_seconds']:.1f} s",
-                            f"{f['learned_seconds'] / 60:.1f} min"))
+                            f"{f['learned_seconds'] / 60:.1f} min", f"{f['seconds'] / 60:.0f} min, {threads} thread(s)"))
     lines += ["", *md_header("source", "size", "", *[FIT_NAMES[i] for i in FIT_NAMES])]
     rows = {(x["source"], x["size"], x["init"]): x for x in r["rows"]}
     for source in r["fits"]:

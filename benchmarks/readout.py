@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, command, grouped_bars, save_result
+from common import RESULTS, add_template_argument, command, grouped_bars, load_template, save_result
 
 READOUTS = ("pooled", "pooled_centred", "tokens", "tokens_centred")
 
@@ -60,7 +60,7 @@ def scores(memory: dict[str, Any], queries: dict[str, Any], memory_labels, query
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--template", help="template folder or Hub repo id (default: the bundled template)")
+    add_template_argument(parser)
     parser.add_argument("--sizes", nargs="+", default=["4x64", "8x192", "12x384"], help="DEPTHxWIDTH")
     parser.add_argument("--train-size", type=int, default=5000)
     parser.add_argument("--test-size", type=int, default=2000)
@@ -69,13 +69,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    import sweet_hub
     from sweet_hub.config import parse_size
     from training.evaluate import EvalProtocol, pixel_baselines
     from training.report import random_vit
 
-    source = args.template or str(sweet_hub.BUNDLED_TEMPLATE)
-    template = sweet_hub.SweetTemplate.from_pretrained(source)
+    template, label = load_template(args.template)
     cfg = template.config
     protocol = EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, args.train_size, args.test_size, 1, holdout=True)
     memory, queries = protocol.train, protocol.test
@@ -88,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             memory.labels, queries.labels)}
             rows.append(row)
             print(f"{spec:>7} {init:<12} " + "  ".join(f"{k} {row[k]:5.1f}" for k in READOUTS), flush=True)
-    result = {"command": command("readout.py", argv), "template": source if args.template else "bundled (sweet_hub/fmnist)",
+    result = {"command": command("readout.py", argv), "template": label,
               "protocol": protocol.description, "pixels": {k: round(v, 2) for k, v in pixel_baselines(protocol).items()},
               "torch_threads": torch.get_num_threads(), "rows": rows}
     save_result(result, args.out, plot)

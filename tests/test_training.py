@@ -207,6 +207,45 @@ def test_pixel_term_adds_the_read_back_error_and_trains_the_backbone(method):
     assert module.head.decoder.weight.grad.abs().sum() > 0
 
 
+def test_initial_template_starts_sweet_from_its_weights(tmp_path):
+    """initial_template copies cores and anchor scalers; learned scalers of other sizes are dropped (stale after training)."""
+    from sweet_hub import SweetTemplate
+    from training.config import load_config
+    from training.pretrain import build_method
+
+    tiny = ROOT / "training" / "configs" / "tiny.yaml"
+    torch.manual_seed(3)
+    initial = SweetTemplate(load_config(tiny).template_config())
+    initial.add_scalers(2, 64, initial.scalers_for(2, 64))
+    with torch.no_grad():  # every tensor away from its init (some start as zeros or ones)
+        for param in initial.parameters():
+            param.add_(torch.randn_like(param))
+    initial.save_pretrained(tmp_path / "initial")
+    torch.manual_seed(0)
+    started = build_method(load_config(tiny, [f"initial_template={tmp_path / 'initial'}"])).template
+    fresh = build_method(load_config(tiny)).template
+    for key, value in initial.state_dict().items():
+        if key.startswith("scalers.d2_w64"):
+            assert key not in started.state_dict()
+        else:
+            assert torch.equal(started.state_dict()[key], value), key
+            assert not torch.equal(fresh.state_dict()[key], value), key
+    assert started.sizes == [(2, 32), (3, 48)]
+
+
+def test_initial_template_of_another_shape_or_method_is_refused(tmp_path, template_dir):
+    from training.config import ConfigError, load_config
+    from training.pretrain import build_method
+
+    tiny = ROOT / "training" / "configs" / "tiny.yaml"
+    with pytest.raises(ConfigError, match=r"another shape than this run's template: template.anchors="):
+        build_method(load_config(tiny, [f"initial_template={template_dir}"]))
+    with pytest.raises(ConfigError, match="could not be loaded"):
+        build_method(load_config(tiny, [f"initial_template={tmp_path / 'missing'}"]))
+    with pytest.raises(ConfigError, match="initial_template is a template folder or Hub id for method=sweet"):
+        load_config(tiny, ["method=single", f"initial_template={template_dir}"])
+
+
 def test_cli_errors_exit_2_without_traceback(tmp_path):
     result = run([*PRETRAIN, "learning_rate=0.1"], check=False)
     assert result.returncode == 2 and "Unknown config key" in result.stderr and "Traceback" not in result.stderr

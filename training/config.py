@@ -71,6 +71,8 @@ class TrainConfig:
     seed: int = _opt(0, "seed of batches, augmentations and init")
     template: dict[str, Any] = _opt({}, "sweet_hub.TemplateConfig fields over its defaults (also the architecture of poa/single)")
     size: list[int] = _opt([8, 192], "[depth, width] of method=single and of POA's full network")
+    initial_template: str | None = _opt(None, "method=sweet: start from this template's weights (folder or Hub id), e.g. to "
+                                              "train the bundled one longer or on other data (None: random init)")
     poa: PoaSettings = field(default_factory=PoaSettings, metadata={"help": "POA settings"})
     # optimization
     max_steps: int = _opt(3000, "optimizer steps")
@@ -215,6 +217,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"time_budget_minutes must be a positive number of minutes or null, got {budget!r}.")
     if not (isinstance(cfg.size, list) and len(cfg.size) == 2):
         raise ConfigError(f"size must be [depth, width], got {cfg.size!r}.")
+    if cfg.initial_template is not None and (cfg.method != "sweet" or not isinstance(cfg.initial_template, str)):
+        raise ConfigError(f"initial_template is a template folder or Hub id for method=sweet, got {cfg.initial_template!r} "
+                          f"with method={cfg.method!r}.")
     tcfg = cfg.template_config()
     weights = cfg.anchor_weights
     if weights is not None and (not isinstance(weights, list) or len(weights) != len(tcfg.anchors)

@@ -84,7 +84,10 @@ def build_method(cfg: TrainConfig) -> PretrainMethod:
         from sweet_hub import SweetTemplate
         from training.methods import SweetMethod
 
-        return SweetMethod(SweetTemplate(cfg.template_config()), cfg.width_scaling_p, cfg.depth_scaling_p,
+        template = SweetTemplate(cfg.template_config())
+        if cfg.initial_template is not None:
+            load_initial_template(template, cfg.initial_template)
+        return SweetMethod(template, cfg.width_scaling_p, cfg.depth_scaling_p,
                            width_scaling_max=cfg.width_scaling_max, anchor_weights=cfg.anchor_weights, **head)
     from sweet_hub.config import timm_pretrained_cfg, vit_args
 
@@ -100,6 +103,30 @@ def build_method(cfg: TrainConfig) -> PretrainMethod:
 
         return POAMethod(model_kwargs, cfg.poa, pretrained_cfg=data_cfg, **head)
     raise ConfigError(f"method must be 'sweet', 'poa' or 'single', got {method!r}.")
+
+
+# TemplateConfig fields that shape the weights (or what they mean); mean/std and the derivation rules may differ
+_WEIGHT_FIELDS = ("img_size", "patch_size", "in_chans", "num_classes", "head_dim", "ranks", "vector_rank", "anchors", "global_pool")
+
+
+def load_initial_template(template, source: str) -> None:
+    """Copy the cores and anchor scalers of the template at ``source`` into ``template`` (the run's
+    fresh one). The configs must agree on every field that shapes the weights; learned scalers of
+    other sizes are not copied: they were fitted to the old template and the run changes it."""
+    from sweet_hub import SweetTemplate
+
+    try:
+        initial = SweetTemplate.from_pretrained(source)
+    except Exception as e:  # a missing folder, an unknown repo, a torn file: say which setting to fix
+        raise ConfigError(f"initial_template={source!r} could not be loaded: {e}") from None
+    differ = {f: (getattr(template.config, f), getattr(initial.config, f)) for f in _WEIGHT_FIELDS
+              if getattr(template.config, f) != getattr(initial.config, f)}
+    if differ:
+        listed = "; ".join(f"template.{f}={mine!r} vs {theirs!r}" for f, (mine, theirs) in differ.items())
+        raise ConfigError(f"initial_template={source!r} has another shape than this run's template: {listed}. Set the "
+                          f"run's template section to the initial template's values (its config.json).")
+    wanted = template.state_dict()
+    template.load_state_dict({k: v for k, v in initial.state_dict().items() if k in wanted})
 
 
 def _progress(step: int, max_steps: int, seconds: float, budget: float | None) -> float:
@@ -294,6 +321,8 @@ def finish(cfg: TrainConfig, method: PretrainMethod, state: TrainState, output_d
         "data": f"{cfg.data} train split, {cfg.num_images or 'all'} images, no labels",
         "method": f"{cfg.method}, contrastive loss (T={cfg.temperature}), {cfg.n_global} global + {cfg.n_local} local crops"
                   + (f", width-wise stochastic scaling p={cfg.width_scaling_p}" if cfg.method == "sweet" else ""),
+        **({"initial weights": f"{cfg.initial_template} (images seen and steps count this run only)"}
+           if cfg.initial_template else {}),
         "steps": state.step,
         "images seen": f"{state.images_seen:,}",
         "wall time (training)": f"{state.train_seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads",
