@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     protocol = reference = None
     earlier_json = json.loads(Path(out).read_text()) if Path(out).is_file() else {}
     earlier = _earlier_sources(earlier_json, plan, eval_plan)
-    _seed_random_cache(cache, earlier)
     for src_depth, src_width in plan["sources"]:
         name = f"{src_depth}x{src_width}"
         if name in earlier:  # measured by an earlier invocation (its JSON), e.g. on another machine: no need for the source
@@ -88,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 protocol = EvalProtocol("fashion_mnist", source.patch_embed.img_size[0], source.patch_embed.proj.in_channels,
                                         eval_plan["train_size"], eval_plan["test_size"], eval_plan["finetune_labels"])
                 reference = {k: round(v, 2) for k, v in pixel_baselines(protocol).items()}
+            _seed_random_cache(cache, earlier)
             source_rows, fits[name] = _cached(cache / f"source_{name}.json", _run_source, source, name, plan, eval_plan, protocol, cache)
         rows += source_rows
         import torch

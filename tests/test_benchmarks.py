@@ -60,9 +60,12 @@ def test_init_quality_quick_harness(tmp_path):
     assert again["rows"] == fits["rows"]  # resumed from the per-source cache, nothing re-measured
     import shutil
 
-    shutil.rmtree(tmp_path / "runs" / "fit_vs_selection")  # a fresh machine: only the JSON of the earlier run is left
+    # a fresh machine: only the JSON of the earlier run is left (neither the cache nor the source checkpoint)
+    shutil.rmtree(tmp_path / "runs" / "fit_vs_selection")
+    shutil.rmtree(tmp_path / "runs" / "single_3x48")
     resumed = fit_vs_selection.main(["--quick", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "fit.json")])
-    assert resumed["rows"] == fits["rows"] and not (tmp_path / "runs" / "fit_vs_selection").exists()
+    assert resumed["rows"] == fits["rows"] and resumed["protocol"] == fits["protocol"]
+    assert not (tmp_path / "runs" / "fit_vs_selection").exists() and not (tmp_path / "runs" / "single_3x48").exists()
     assert "fitted to a checkpoint" in "\n".join(readme_table.fit_section(fits))
 
 
@@ -144,3 +147,17 @@ def test_derived_scalers_compares_rules_with_the_learned_scalers_a_template_ship
     assert "derived (select)" in result["variants"] and len(result["variants"]) == 7
     assert all(0 <= rows[s][v] <= 100 for s in rows for v in result["variants"])
     assert "learned scalers shipped with the template" in "\n".join(readme_table.derived_section(result))
+
+
+def test_fit_vs_selection_reuses_random_rows_of_an_earlier_source(tmp_path):
+    """Random init does not depend on the source: a new source reads the earlier JSON's random rows, not the old cache."""
+    import fit_vs_selection
+
+    row = {"source": "8x192", "size": "4x64", "kind": "smaller", "init": "random", "available": True,
+           "knn": 60.0, "linear_probe": 61.0, "finetune_mean": 50.0, "finetune_std": 1.0}
+    earlier = {"8x192": ([row, {**row, "init": "fit_derived", "knn": 70.0}], {})}
+    (tmp_path / "random_12x384.json").write_text('{"knn": 1.0}')
+    fit_vs_selection._seed_random_cache(tmp_path, earlier)
+    assert json.loads((tmp_path / "random_4x64.json").read_text()) == {"knn": 60.0, "linear_probe": 61.0, "finetune_mean": 50.0,
+                                                                        "finetune_std": 1.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["random_12x384.json", "random_4x64.json"]
