@@ -146,12 +146,16 @@ def _pixel_line(ref: dict[str, float]) -> str:
             f"{ref['pixels_linear_probe']:.1f}%")
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("s" if n != 1 else "")
+
+
 def _harness_time(r: dict[str, Any]) -> str:
     """Pre-training (summed over the runs, whichever invocation ran them) and evaluation time of init_quality.py."""
     if "eval_minutes" not in r:  # result files written before the evaluation was timed on its own
         return f"{r['wall_minutes']:.0f} min"
     pre = sum(v["train_seconds"] for v in r["pretraining"].values()) / 60
-    return f"pre-training {pre:.0f} min, evaluation {r['eval_minutes']:.0f} min on {r['torch_threads']} thread(s)"
+    return f"pre-training {pre:.0f} min, evaluation {r['eval_minutes']:.0f} min on {_threads(r['torch_threads'])}"
 
 
 METRICS = {"knn": "k-NN", "linear_probe": "linear probe", "finetune_mean": "fine-tune 1%", "transfer_knn": "digits k-NN"}
@@ -345,7 +349,7 @@ def fit_section(r: dict[str, Any]) -> list[str]:
     for name, f in r["fits"].items():
         threads = f.get("torch_threads", r["torch_threads"])
         lines.append(md_row(name, f"{f['source']['knn']:.2f}", f"{f['fitted_at_source']['knn']:.2f}", f"{f['fit_seconds']:.1f} s",
-                            f"{f['learned_seconds'] / 60:.1f} min", f"{f['seconds'] / 60:.0f} min, {threads} thread(s)"))
+                            f"{f['learned_seconds'] / 60:.1f} min", f"{f['seconds'] / 60:.0f} min, {_threads(threads)}"))
     lines += ["", *md_header("source", "size", "", *[FIT_NAMES[i] for i in FIT_NAMES])]
     rows = {(x["source"], x["size"], x["init"]): x for x in r["rows"]}
     for source in r["fits"]:
