@@ -91,18 +91,23 @@ def test_gradient_accumulation_and_bf16(tmp_path):
     assert all(v.dtype == torch.float32 for v in template_tensors(out / "template").values())  # master weights stay fp32
 
 
-def _kill_at(cmd: list[str], output_dir: Path, seconds: float, in_save: bool = False) -> bool:
-    """Run ``cmd``, SIGKILL it after ``seconds`` of training, or (``in_save``) as soon as a checkpoint
-    is being written; returns whether a checkpoint was being written at that moment."""
+def _logged_step(output_dir: Path) -> int:
+    """The last step in the run's CSV log (0 before the first)."""
+    log = output_dir / "train_log.csv"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return int(lines[-1].split(",")[0]) if len(lines) > 1 else 0
+
+
+def _kill_at(cmd: list[str], output_dir: Path, after_step: int, in_save: bool = False) -> bool:
+    """Run ``cmd``, SIGKILL it once step ``after_step`` is logged, or (``in_save``) as soon as a checkpoint
+    is being written after that; returns whether a checkpoint was being written at that moment."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (output_dir / "train_log.csv").is_file() or len((output_dir / "train_log.csv").read_text().splitlines()) < 2:
+    while _logged_step(output_dir) < after_step:
         if proc.poll() is not None:
             return False
-        assert time.time() < deadline, "no training step within 240 s"
-        time.sleep(0.02)
-    if not in_save:  # a kill inside save_state waits for the next save instead: after a random sleep the short run may be over
-        time.sleep(seconds)
+        assert time.time() < deadline, f"step {after_step} not reached within 240 s"
+        time.sleep(0.005)
     while in_save and proc.poll() is None and not any((output_dir / "checkpoints").glob(".tmp_step_*")):
         time.sleep(0.001)
     during_save = any((output_dir / "checkpoints").glob(".tmp_step_*"))
@@ -124,17 +129,15 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
     kills = int(os.environ.get("SWEET_KILLS", "2"))  # SWEET_KILLS=10 for the full experiment
     cmd = [*PRETRAIN, f"output_dir={killed}", *steps]
     during_save = []
-    for i in range(kills + 4):  # up to 4 extra tries for a kill that lands inside a save (timing varies by machine)
-        if i >= kills and sum(during_save):
-            break
-        during_save.append(_kill_at(cmd + (["--resume"] if i else []), killed, rng.uniform(0.2, 3.0), in_save=i % 2 == 1))
+    for i in range(kills):
+        # a random moment counted in steps past the last one logged, not in seconds: on a fast machine a random
+        # number of seconds can outlast the 24-step run, and the next (in-save) kill then finds no save left
+        after_step = min(_logged_step(killed) + rng.randint(1, 3), 23)
+        during_save.append(_kill_at(cmd + (["--resume"] if i else []), killed, after_step, in_save=i % 2 == 1))
         if (killed / "summary.json").exists():
             break
     print(f"{len(during_save)} kills, {sum(during_save)} inside save_state")
-    if not sum(during_save) and len(during_save) >= 2:  # the resumed run finished before a save was seen (fast machine)
-        import warnings
-
-        warnings.warn(f"no kill landed inside save_state in {len(during_save)} tries; the torn-checkpoint check below still runs")
+    assert sum(during_save) >= 1 or len(during_save) < 2
     # run on until two more checkpoints exist, kill, then tear the newest (as a power loss before the data
     # reached the disk would): the resume must skip it and take the one before
     steps_done = lambda: [int(p.name.split("_")[1]) for p in (killed / "checkpoints").glob("step_*")]
