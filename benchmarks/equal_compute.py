@@ -31,10 +31,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quality", help="init_quality JSON to compare with (default: benchmarks/results/init_quality[_quick].json)")
     parser.add_argument("--runs", help="pre-training run cache (default: benchmarks/runs/<plan>)")
     parser.add_argument("--out", help="JSON output (default: benchmarks/results/equal_compute[_quick].json)")
+    parser.add_argument("--num-threads", type=int, help="torch CPU threads for the pre-training and the evaluation (default: all "
+                        "cores); the step budget comes from the recorded runs, so this changes the run's clock, not its steps")
     args = parser.parse_args(argv)
+    if args.num_threads is not None and args.num_threads < 1:
+        parser.error(f"--num-threads must be >= 1, got {args.num_threads}")
+
+    import torch
 
     from sweet_hub import SweetTemplate
     from training.evaluate import pixel_baselines
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
 
     plan_name = "quick" if args.quick else "full"
     plan = PLANS[plan_name]
@@ -58,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = budget / pre["sweet"]["train_seconds"]
     steps = round(plan["pretrain"]["max_steps"] * ratio)
     overrides = ["method=sweet", *pretrain_overrides(plan, max_steps=steps, warmup_steps=max(1, steps // 10))]
+    if args.num_threads:
+        overrides.append(f"num_threads={args.num_threads}")
     summary = pretrain("sweet_equal_time", overrides, run_dir, force=False)
 
     template = SweetTemplate.from_pretrained(run_dir / "sweet_equal_time" / "template")
@@ -88,7 +99,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pretrain_command": "python training/pretrain.py " + " ".join(overrides),
         "budget": "summed wall time of the per-size runs at the anchors" if per_size_seconds else "POA's wall time",
         "budget_seconds": round(budget, 1), "time_ratio_budget_over_sweet": round(ratio, 3),
-        "pretraining": {"sweet_equal_time": {k: summary[k] for k in ("steps", "images_seen", "train_seconds")},
+        "torch_threads": torch.get_num_threads(),
+        "pretraining": {"sweet_equal_time": {**{k: summary[k] for k in ("steps", "images_seen", "train_seconds")},
+                                             "threads": summary.get("threads", torch.get_num_threads())},
                         "sweet_equal_images": pre["sweet"], **{n: v for n, v in pre.items() if n != "sweet"}},
         "protocol": protocol.description, "reference": {k: round(v, 2) for k, v in pixel_baselines(protocol).items()},
         "compared_from": str(source.relative_to(ROOT)) if quality and source.is_relative_to(ROOT) else (str(source) if quality else None),

@@ -186,6 +186,14 @@ def init_quality_summary(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _equal_time_clock(run: dict[str, Any]) -> str:
+    """The equal-time run's own minutes; its steps come from the recorded runs' time ratio, not from this clock."""
+    if "threads" not in run:
+        return f"{run['train_seconds'] / 60:.1f} min"
+    return (f"{run['train_seconds'] / 60:.1f} min on {_threads(run['threads'])} (the step count comes from the recorded "
+            f"runs' time ratio, so this clock does not change what was trained)")
+
+
 def equal_compute_section(r: dict[str, Any]) -> list[str]:
     pre = r["pretraining"]
     if "budget_seconds" not in r:  # result files of sweet-hub 0.1 (SWEET given POA's time)
@@ -198,17 +206,18 @@ def equal_compute_section(r: dict[str, Any]) -> list[str]:
         f"{pre['sweet_equal_images']['train_seconds'] / 60:.1f} min. Here SWEET gets the {r['budget']} "
         f"({r['budget_seconds'] / 60:.1f} min: {singles}; POA took {pre['poa']['train_seconds'] / 60:.1f} min) as a step budget: "
         f"{pre['sweet_equal_time']['steps']} steps, {pre['sweet_equal_time']['images_seen']:,} images, "
-        f"{pre['sweet_equal_time']['train_seconds'] / 60:.1f} min. Same protocol. {_pixel_line(r['reference'])}. `{r['command']}`",
+        f"{_equal_time_clock(pre['sweet_equal_time'])}. Same protocol. {_pixel_line(r['reference'])}. `{r['command']}`",
         "",
         *md_header("size", "metric", "per-size (own run)", "weight selection", "POA (equal images)", "SWEET (equal images)",
                    "SWEET (equal time)"),
     ]
     for row in r["rows"]:
         for key in ("knn", "linear_probe", "finetune_mean"):
-            cells = [row.get(init, {}).get(key) for init in ("per_size", "weight_selection", "poa", "sweet")]
-            lines.append(md_row(f"{row['size']} ({row['kind']})", METRICS[key], *["n/a" if c is None else f"{c:.1f}" for c in cells],
-                                f"**{row[key]:.1f}**"))
-    return lines + ["", "n/a: the method cannot produce that size (weight selection and POA stop at their source's size; "
+            cells = [row.get(init, {}).get(key) for init in ("per_size", "weight_selection", "poa", "sweet")] + [row[key]]
+            best = max(round(c, 1) for c in cells if c is not None)
+            lines.append(md_row(f"{row['size']} ({row['kind']})", METRICS[key],
+                                *["n/a" if c is None else f"**{c:.1f}**" if round(c, 1) == best else f"{c:.1f}" for c in cells]))
+    return lines + ["", "Bold: best per row. n/a: the method cannot produce that size (weight selection and POA stop at their source's size; "
                     "per-size pre-training exists only at the sizes that were trained).", "",
                     "![equal compute](benchmarks/results/equal_compute.png)", ""]
 

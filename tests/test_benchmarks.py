@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -35,8 +36,13 @@ def test_init_quality_quick_harness(tmp_path):
 
     import equal_compute
 
-    equal = equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--quality", str(tmp_path / "iq.json"),
-                                "--out", str(tmp_path / "eq.json")])
+    threads = torch.get_num_threads()
+    try:  # --num-threads sets the clock's thread count, not the steps: the budget still comes from the recorded runs
+        equal = equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--quality", str(tmp_path / "iq.json"),
+                                    "--out", str(tmp_path / "eq.json"), "--num-threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert equal["pretraining"]["sweet_equal_time"]["threads"] == 1 and equal["torch_threads"] == 1
     pre = result["pretraining"]
     # SWEET gets the wall time of the per-size run at its anchors (3x48 is the only one in the quick plan)
     expected_steps = round(pre["sweet"]["steps"] * pre["single_3x48"]["train_seconds"] / pre["sweet"]["train_seconds"])

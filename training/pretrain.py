@@ -301,7 +301,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     bar.close()
     accelerator.end_training()
 
-    summary: dict[str, Any] = {"steps": state.step, "images_seen": state.images_seen, "train_seconds": round(state.train_seconds, 1)}
+    summary: dict[str, Any] = {"steps": state.step, "images_seen": state.images_seen, "train_seconds": round(state.train_seconds, 1),
+                               "threads": torch.get_num_threads()}
     if accelerator.is_main_process:
         plot_loss(output_dir / "train_log.csv", output_dir / "loss.png", f"{cfg.method} pre-training")
         final = teacher.module if (teacher is not None and cfg.export_ema) else raw
