@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ if str(ROOT) not in sys.path:
 def command(script: str, argv: list[str] | None) -> str:
     """The command that reproduces this run, as recorded in every result file."""
     args = argv if argv is not None else sys.argv[1:]
-    return " ".join(["python", f"benchmarks/{script}", *args])
+    return shlex.join(["python", f"benchmarks/{script}", *args])  # quoted where needed, so it can be pasted
 
 
 def add_template_argument(parser) -> None:

@@ -62,6 +62,9 @@ PLANS: dict[str, dict[str, Any]] = {
             # round 4: depth-wise stochastic scaling (random depths between the anchors'), alone and with widths to 256
             "r192_depth": {**R192, "depth_scaling_p": 0.5},
             "r192_depth_wide": {**R192, "depth_scaling_p": 0.5, "width_scaling_max": 256},
+            # round 5: the best round-2 change (T=0.1) against its base, both with another seed, run side by side
+            "crops_r192_s1": {**R192, "seed": 1},
+            "r192_t0.1_s1": {**R192, "temperature": 0.1, "seed": 1},
         },
     },
     "quick": {

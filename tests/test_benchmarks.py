@@ -102,6 +102,30 @@ def test_readout_small(tmp_path, template_dir):
     assert "final tokens, flattened" in "\n".join(readme_table.readout_section(result))
 
 
+def test_compare_templates_small(tmp_path, template_dir):
+    import compare_templates
+    import readme_table
+    from conftest import make_template
+
+    other = make_template(seed=1)
+    other.add_scalers(3, 48, other.scalers_for(3, 48), source="learned")  # "learned" = the derived tensors, stored
+    other.save_pretrained(tmp_path / "other")
+    result = compare_templates.main(["--templates", str(template_dir), str(tmp_path / "other"), "--labels", "a", "b",
+                                     "--sizes", "2x32", "3x48", "--train-size", "300", "--test-size", "200",
+                                     "--out", str(tmp_path / "cmp.json")])
+    a, b = result["templates"]
+    assert [r["size"] for r in a["rows"]] == ["2x32", "3x48"] and a["rows"][1]["scalers"].startswith("derived")
+    learned = b["rows"][1]
+    assert learned["scalers"] == "learned" and learned["knn_derived"] == learned["knn"]  # same tensors, same score
+    assert "knn_derived" not in a["rows"][1]
+    assert result["protocol"]["queries"] == "held-out train images"  # never the test split
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+    section = "\n".join(readme_table.compare_section(result))
+    assert "b - a, weights only" in section and "over 2 sizes" in section
+    with pytest.raises(SystemExit):
+        compare_templates.main(["--templates", str(template_dir), "--labels", "a", "b", "--out", str(tmp_path / "x.json")])
+
+
 def test_load_time_small(tmp_path, template_dir):
     import load_time
 

@@ -1,0 +1,103 @@
+"""Two or more templates side by side on the validation protocol, at every size the demo shows.
+
+    python benchmarks/compare_templates.py --templates sweet_hub/fmnist out/longer/template --labels bundled continued
+
+Use it to decide whether a new template (a longer run, another recipe) should replace the bundled
+one without reading the test images: memory = 5000 train images, queries = 2000 other train
+images. Each size is read with the scalers the template ships (anchor, learned or derived) and,
+where it ships learned scalers, also with the derived ones, so templates compare on their weights
+alone (learned scalers are fitted to one template's weights and do not carry over). The training
+facts recorded in each template's card (steps, images seen, wall time) are kept beside the scores.
+Writes benchmarks/results/compare_templates.json and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, command, grouped_bars, load_template, save_result
+
+DEMO_SIZES = ["4x64", "6x128", "8x192", "6x96", "6x160", "8x256", "10x256", "12x384", "10x512"]
+
+
+def score_sizes(template, sizes: list[str], protocol) -> list[dict[str, Any]]:
+    """k-NN and linear probe per size, with the shipped scalers and (where they are learned) the derived ones."""
+    from sweet_hub.config import parse_size
+    from training.evaluate import evaluate_model
+
+    cfg = template.config
+    rows = []
+    for spec in sizes:
+        depth, width = parse_size(spec)
+        source = template.scaler_source(depth, width)
+        metrics = evaluate_model(template.materialize(depth, width), protocol, cfg.mean, cfg.std, probe=True)
+        row = {"size": spec, "scalers": source, "knn": round(metrics["knn"], 2), "linear_probe": round(metrics["linear_probe"], 2)}
+        if source == "learned":
+            derived = copy.deepcopy(template)
+            derived.remove_scalers(depth, width)
+            metrics = evaluate_model(derived.materialize(depth, width), protocol, cfg.mean, cfg.std, probe=True)
+            row.update(knn_derived=round(metrics["knn"], 2), linear_probe_derived=round(metrics["linear_probe"], 2))
+        print(f"{spec:>7} {source:<20} k-NN {row['knn']:5.1f}  probe {row['linear_probe']:5.1f}"
+              + (f"  (derived: k-NN {row['knn_derived']:5.1f})" if "knn_derived" in row else ""), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--templates", nargs="+", required=True, help="template folders or Hub repo ids")
+    parser.add_argument("--labels", nargs="+", help="a short name per template (default: its path)")
+    parser.add_argument("--sizes", nargs="+", default=DEMO_SIZES, help="DEPTHxWIDTH (default: the demo's sizes)")
+    parser.add_argument("--train-size", type=int, default=5000)
+    parser.add_argument("--test-size", type=int, default=2000)
+    parser.add_argument("--out", default=str(RESULTS / "compare_templates.json"))
+    args = parser.parse_args(argv)
+    labels = args.labels or args.templates
+    if len(labels) != len(args.templates):
+        parser.error(f"--labels needs one name per template: {len(args.templates)} templates, {len(labels)} labels")
+
+    import torch
+
+    from training.evaluate import EvalProtocol, pixel_baselines
+
+    templates = [load_template(t)[0] for t in args.templates]
+    first = templates[0].config
+    for label, t in zip(labels, templates):
+        if (t.config.img_size, t.config.in_chans) != (first.img_size, first.in_chans):
+            parser.error(f"template '{label}' reads {t.config.in_chans}x{t.config.img_size}px images, the first one "
+                         f"{first.in_chans}x{first.img_size}px: compare templates of the same input")
+    protocol = EvalProtocol("fashion_mnist", first.img_size, first.in_chans, args.train_size, args.test_size, 1, holdout=True)
+    entries = []
+    for label, path, template in zip(labels, args.templates, templates):
+        print(f"[compare] {label}: {path}", flush=True)
+        facts = template.card_info.get("training") or {}
+        entries.append({"label": label, "path": path, "training": template.card_info.get("stats"),
+                        "training_command": facts.get("command"),  # as the card writes it, in backticks
+                        "initial_weights": facts.get("initial weights"),
+                        "rows": score_sizes(template, args.sizes, protocol)})
+    result = {"command": command("compare_templates.py", argv), "protocol": protocol.description,
+              "pixels": {k: round(v, 2) for k, v in pixel_baselines(protocol).items()},
+              "torch_threads": torch.get_num_threads(), "templates": entries}
+    save_result(result, args.out, plot)
+    return result
+
+
+def derived_knn(row: dict[str, Any]) -> float:
+    """The k-NN of a size with the template's own weights only (derived scalers where learned ones ship)."""
+    return row.get("knn_derived", row["knn"])
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    entries = result["templates"]
+    series = {f"{e['label']} ({kind})": [fn(r) for r in e["rows"]] for e in entries
+              for kind, fn in (("shipped scalers", lambda r: r["knn"]), ("anchor/derived", derived_knn))}
+    grouped_bars(path, [r["size"] for r in entries[0]["rows"]], series,
+                 hline=("mean-centred pixels", result["pixels"]["centred_pixels_knn"]), legend_loc="upper right",
+                 xlabel="depth x width", ylabel="k-NN (%), validation", title="Templates side by side (validation protocol)")
+
+
+if __name__ == "__main__":
+    main()
