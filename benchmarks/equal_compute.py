@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "budget": "summed wall time of the per-size runs at the anchors" if per_size_seconds else "POA's wall time",
         "budget_seconds": round(budget, 1), "time_ratio_budget_over_sweet": round(ratio, 3),
         "torch_threads": torch.get_num_threads(),
-        "pretraining": {"sweet_equal_time": {**{k: summary[k] for k in ("steps", "images_seen", "train_seconds")},
-                                             "threads": summary.get("threads", torch.get_num_threads())},
+        # "threads" only where the run recorded it (a cached older run may have used other threads than this invocation)
+        "pretraining": {"sweet_equal_time": {k: summary[k] for k in ("steps", "images_seen", "train_seconds", "threads") if k in summary},
                         "sweet_equal_images": pre["sweet"], **{n: v for n, v in pre.items() if n != "sweet"}},
         "protocol": protocol.description, "reference": {k: round(v, 2) for k, v in pixel_baselines(protocol).items()},
         "compared_from": str(source.relative_to(ROOT)) if quality and source.is_relative_to(ROOT) else (str(source) if quality else None),

@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from common import RESULTS, ROOT
+from compare_templates import derived_knn
 
 from sweet_hub.config import format_size, parse_size_key
 from sweet_hub.files import write_text
@@ -336,11 +337,11 @@ def compare_section(r: dict[str, Any]) -> list[str]:
         cells = []
         for e in entries:
             x = e["rows"][i]
-            cells += [user_sizes(x["scalers"]), f"{x['knn']:.1f}", f"{x.get('knn_derived', x['knn']):.1f}", f"{x['linear_probe']:.1f}"]
+            cells += [user_sizes(x["scalers"]), f"{x['knn']:.1f}", f"{derived_knn(x):.1f}", f"{x['linear_probe']:.1f}"]
         lines.append(md_row(row["size"], *cells))
     base = entries[0]
     for other in entries[1:]:
-        gains = [o.get("knn_derived", o["knn"]) - b.get("knn_derived", b["knn"]) for b, o in zip(base["rows"], other["rows"])]
+        gains = [derived_knn(o) - derived_knn(b) for b, o in zip(base["rows"], other["rows"])]
         lines += ["", f"{other['label']} - {base['label']}, weights only: k-NN {min(gains):+.1f} to {max(gains):+.1f} "
                   f"(mean {sum(gains) / len(gains):+.2f}) over {len(gains)} sizes, higher at {sum(g > 0 for g in gains)}; one seed each, "
                   f"so differences under 1.5 points are noise."]
