@@ -182,6 +182,9 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     ("anchor_weights=[1]", "one non-negative weight per anchor"),
     ("width_scaling_max=40", "width_scaling_max must be an integer >= the largest anchor width"),
     ("recon_weight=-1", "recon_weight must be >= 0"),
+    ("mask_ratio=1", "mask_ratio is the fraction of patches hidden"),
+    ("mim_weight=1", "mim_weight=1.0 needs mask_ratio > 0"),
+    ("mim_separate=true", "only applies with mim_weight > 0"),
 ])
 def test_bad_config_is_a_clear_error(override, message):
     from training.config import ConfigError, load_config
@@ -214,6 +217,58 @@ def test_pixel_term_adds_the_read_back_error_and_trains_the_backbone(method):
     # the contrastive part is the same (same seeds, same init of everything but the decoder)
     assert with_term.item() > without.item() + 0.5  # + 2 x MSE of an untrained read-back of unit-variance pixels
     assert module.head.decoder.weight.grad.abs().sum() > 0
+
+
+def test_patch_masks_hide_exactly_the_marked_patches_in_token_order():
+    """patchify follows timm's token order (row-major patches), and apply_patch_masks zeroes
+    exactly the patches a mask marks; random_patch_masks hides the same count in every row."""
+    from training.selfsup import apply_patch_masks, patchify, random_patch_masks
+
+    images = torch.arange(16.0).view(4, 4).repeat_interleave(7, 0).repeat_interleave(7, 1).expand(2, 1, 28, 28) + 1
+    patches = patchify(images, 7)
+    assert patches.shape == (2, 16, 49)
+    assert torch.equal(patches[0, :, 0], torch.arange(16.0) + 1) and torch.equal(patches.amin(2), patches.amax(2))
+    masks = random_patch_masks(2, 16, 0.4, torch.Generator().manual_seed(0))
+    assert masks.sum(1).tolist() == [6, 6]
+    assert torch.equal(masks, random_patch_masks(2, 16, 0.4, torch.Generator().manual_seed(0)))  # replayable on resume
+    hidden = patchify(apply_patch_masks(images, masks, 7), 7)
+    assert (hidden[masks] == 0).all() and torch.equal(hidden[~masks], patches[~masks])
+
+
+@pytest.mark.parametrize("method", ["sweet", "single", "poa"])
+def test_masked_patch_term_scores_hidden_patches_and_trains_the_backbone(method):
+    """mim_weight adds weight * MSE of the decoded hidden patches (from the masked views' final
+    tokens, against the unmasked pixels); with masks but no weight the loss only sees masked views."""
+    from training.config import load_config
+    from training.pretrain import build_method
+    from training.selfsup import random_patch_masks
+
+    def loss_of(mim_weight: float, masked: bool, separate: bool = False):
+        torch.manual_seed(0)
+        overrides = [f"method={method}", "size=[3,48]", "mask_ratio=0.5", f"mim_weight={mim_weight}", f"mim_separate={separate}"]
+        module = build_method(load_config(ROOT / "training" / "configs" / "tiny.yaml", overrides))
+        size = module.sample_size(__import__("random").Random(0))
+        torch.manual_seed(1)
+        views = [torch.randn(8, 1, 28, 28) for _ in range(2)]
+        masks = random_patch_masks(16, 16, 0.5, torch.Generator().manual_seed(2)) if masked else None
+        loss = module(views, [torch.randn(8, 1, 14, 14)], size, masks=masks)
+        loss.backward()
+        return module, loss
+
+    _, unmasked = loss_of(0.0, masked=False)
+    plain, masked_only = loss_of(0.0, masked=True)
+    assert plain.head.token_decoder is None and masked_only.item() != pytest.approx(unmasked.item())
+    module, with_term = loss_of(2.0, masked=True)
+    assert module.head.token_decoder.out_features == 7 * 7
+    assert with_term.item() > masked_only.item() + 0.5  # + 2 x MSE of an untrained decoder on unit-variance pixels
+    assert module.head.token_decoder.weight.grad.abs().sum() > 0
+    backbone = module.template.cores if method == "sweet" else module.vit
+    assert sum(p.grad.abs().sum() for p in backbone.parameters() if p.grad is not None) > 0
+    # mim_separate: the contrastive loss sees the unmasked views, only the prediction reads the masked pass
+    _, nearly_no_term = loss_of(1e-9, masked=True, separate=True)
+    assert nearly_no_term.item() == pytest.approx(unmasked.item(), abs=1e-4)
+    _, separate = loss_of(2.0, masked=True, separate=True)
+    assert separate.item() > unmasked.item() + 0.5
 
 
 def test_initial_template_starts_sweet_from_its_weights(tmp_path):

@@ -94,6 +94,11 @@ class TrainConfig:
     proj_hidden: int = _opt(512, "projection head hidden width")
     proj_dim: int = _opt(128, "projection head output width")
     recon_weight: float = _opt(0.0, "weight of the pixel term: a linear decoder reads each global view back from its pooled features (0: off)")
+    mask_ratio: float = _opt(0.0, "fraction of each global view's patches the student does not see (set to the mean); 0: off")
+    mim_weight: float = _opt(0.0, "weight of masked-patch prediction: a linear decoder reads each hidden patch's pixels back "
+                                  "from its final token (needs mask_ratio > 0; 0: off)")
+    mim_separate: bool = _opt(False, "masked views get a forward pass of their own and the contrastive loss sees the unmasked "
+                                     "ones (one more pass over the global views per step); false: one pass, masked views for both")
     n_global: int = _opt(2, "global crops per image")
     n_local: int = _opt(2, "local crops per image")
     local_size: int = _opt(14, "local crop side (pixels)")
@@ -127,7 +132,8 @@ class TrainConfig:
 
 _CHOICES = {"method": ("sweet", "poa", "single"), "teacher": ("none", "ema"), "mixed_precision": (None, "no", "bf16", "fp16")}
 _POSITIVE_INTS = ("max_steps", "batch_size", "grad_accum", "save_every", "save_total_limit", "log_every", "n_global", "local_size")
-_FLOATS = ("lr", "min_lr", "weight_decay", "clip_grad", "temperature", "ema_momentum", "jitter", "width_scaling_p", "depth_scaling_p", "recon_weight")
+_FLOATS = ("lr", "min_lr", "weight_decay", "clip_grad", "temperature", "ema_momentum", "jitter", "width_scaling_p", "depth_scaling_p", "recon_weight",
+           "mask_ratio", "mim_weight")
 _SECTIONS = {"poa": PoaSettings, "final_eval": EvalSettings}
 
 
@@ -212,6 +218,14 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"temperature must be > 0, got {cfg.temperature}.")
     if cfg.recon_weight < 0:
         raise ConfigError(f"recon_weight must be >= 0 (0 turns the pixel term off), got {cfg.recon_weight}.")
+    if not 0 <= cfg.mask_ratio < 1:
+        raise ConfigError(f"mask_ratio is the fraction of patches hidden, in [0, 1), got {cfg.mask_ratio}.")
+    if cfg.mim_weight < 0 or (cfg.mim_weight > 0 and cfg.mask_ratio == 0):
+        raise ConfigError(f"mim_weight={cfg.mim_weight} needs mask_ratio > 0 (patches to predict) and must be >= 0; "
+                          f"set e.g. mask_ratio=0.4, or mim_weight=0 to turn masked-patch prediction off.")
+    if not isinstance(cfg.mim_separate, bool) or (cfg.mim_separate and cfg.mim_weight == 0):
+        raise ConfigError(f"mim_separate is true or false and only applies with mim_weight > 0, got mim_separate="
+                          f"{cfg.mim_separate!r} with mim_weight={cfg.mim_weight}.")
     budget = cfg.time_budget_minutes
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ConfigError(f"time_budget_minutes must be a positive number of minutes or null, got {budget!r}.")

@@ -28,9 +28,9 @@ from torch import Tensor, nn
 
 from sweet_hub import SweetTemplate, derive_scalers, export_timm, materialize_state_dict
 from sweet_hub.config import vit_args
-from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_features
+from training.selfsup import FunctionalViT, ProjectionHead, apply_patch_masks, contrastive_loss, pooled_and_tokens
 
-__all__ = ["PretrainMethod", "SingleMethod", "SizeChoice", "SweetMethod", "student_loss", "view_pixels"]
+__all__ = ["PretrainMethod", "SingleMethod", "SizeChoice", "SweetMethod", "embed_views", "mask_views", "student_loss", "view_pixels"]
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,9 @@ class PretrainMethod(Protocol):
         """The size one step trains (a pure function of ``rng``, so resumes replay it)."""
 
     def __call__(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
-                 targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
-        """The contrastive loss of the student at ``size`` (targets: an EMA teacher's, or None)."""
+                 targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None) -> Tensor:
+        """The loss of the student at ``size`` (targets: an EMA teacher's, or None; masks: which
+        patches of the global views the student does not see, (n_global * B, N), or None)."""
 
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
         """Teacher targets of the global views (called on the EMA copy)."""
@@ -80,11 +81,14 @@ class SweetMethod(nn.Module):
 
     def __init__(self, template: SweetTemplate, width_scaling_p: float = 0.5, depth_scaling_p: float = 0.0,
                  proj_hidden: int = 512, proj_dim: int = 128, width_scaling_max: int | None = None,
-                 anchor_weights: list[float] | None = None, recon_weight: float = 0.0) -> None:
+                 anchor_weights: list[float] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
+                 mim_separate: bool = False) -> None:
         super().__init__()
         self.template = template
         cfg = template.config
-        self.head = ProjectionHead(cfg.ranks[1], proj_hidden, proj_dim, view_pixels(cfg.in_chans, cfg.img_size), recon_weight)
+        self.patch_size = cfg.patch_size
+        self.head = ProjectionHead(cfg.ranks[1], proj_hidden, proj_dim, view_pixels(cfg.in_chans, cfg.img_size), recon_weight,
+                                   cfg.in_chans * cfg.patch_size ** 2, mim_weight, mim_separate)
         self.width_scaling_p, self.depth_scaling_p = width_scaling_p, depth_scaling_p
         widths = [w for _, w in cfg.anchors]
         #: widths width-wise stochastic scaling draws from: multiples of head_dim from the smallest
@@ -122,19 +126,21 @@ class SweetMethod(nn.Module):
         cfg = self.template.config
         return derive_scalers(anchor, size.depth, size.width, cfg.depth_rescale, cfg.width_rescale)
 
-    def features(self, size: SizeChoice, view_groups: list[Tensor]) -> list[Tensor]:
-        """Pooled features of each group of views in r-space (one forward per group, views batched inside it)."""
+    def features(self, size: SizeChoice, view_groups: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Pooled features and patch tokens of each group of views in r-space (one forward per
+        group, views batched inside it)."""
         scalers = self._scalers(size)
         state = materialize_state_dict(dict(self.template.cores.items()), scalers, self.template.config)
         to_r_space = scalers["U"] / math.sqrt(size.width)
         heads = size.width // self.template.config.head_dim
-        return [self.runner.features(state, views, heads) @ to_r_space for views in view_groups]
+        outputs = [self.runner.features_and_tokens(state, views, heads) for views in view_groups]
+        return [(pooled @ to_r_space, tokens @ to_r_space) for pooled, tokens in outputs]
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
-                targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
+                targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None) -> Tensor:
         """Loss of the student at ``size`` (targets: EMA teacher's, or None for its own)."""
-        students, features = _split_embed(lambda groups: self.features(size, groups), self.head, global_views, local_views)
-        return student_loss(students, targets, len(global_views), temperature) + self.head.pixel_loss(features, global_views)
+        return student_objective(lambda groups: self.features(size, groups), self.head, global_views, local_views,
+                                 targets, temperature, masks, self.patch_size)
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
@@ -158,13 +164,16 @@ class SingleMethod(nn.Module):
     """An ordinary timm ViT of one size with the same head and loss (per-size baseline)."""
 
     def __init__(self, model_name: str, model_kwargs: dict[str, Any], proj_hidden: int = 512, proj_dim: int = 128,
-                 pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0) -> None:
+                 pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
+                 mim_separate: bool = False) -> None:
         super().__init__()
         # pretrained_cfg: the data config (input size, mean/std) recorded when the model is exported
         self.vit = timm.create_model(model_name, pretrained=False, dynamic_img_size=True, pretrained_cfg_overlay=pretrained_cfg,
                                      **model_kwargs)
         pixels = view_pixels(model_kwargs["in_chans"], model_kwargs["img_size"])
-        self.head = ProjectionHead(self.vit.embed_dim, proj_hidden, proj_dim, pixels, recon_weight)
+        self.patch_size = model_kwargs["patch_size"]
+        self.head = ProjectionHead(self.vit.embed_dim, proj_hidden, proj_dim, pixels, recon_weight,
+                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate)
         self.size = (len(self.vit.blocks), self.vit.embed_dim)
 
     @property
@@ -174,13 +183,13 @@ class SingleMethod(nn.Module):
     def sample_size(self, rng: random.Random) -> SizeChoice:
         return SizeChoice(self.size, *self.size)
 
-    def _features(self, groups: list[Tensor]) -> list[Tensor]:
-        return [pooled_features(self.vit, views) for views in groups]
+    def _features(self, groups: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        return [pooled_and_tokens(self.vit, views) for views in groups]
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice | None = None,
-                targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
-        students, features = _split_embed(self._features, self.head, global_views, local_views)
-        return student_loss(students, targets, len(global_views), temperature) + self.head.pixel_loss(features, global_views)
+                targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None) -> Tensor:
+        return student_objective(self._features, self.head, global_views, local_views, targets, temperature, masks,
+                                 self.patch_size)
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
@@ -203,6 +212,36 @@ def student_loss(students: list[Tensor], targets: list[Tensor] | None, n_global:
     return contrastive_loss(students, targets, temperature, same_views=True)
 
 
+def student_objective(features_of, head: ProjectionHead, global_views: list[Tensor], local_views: list[Tensor],
+                      targets: list[Tensor] | None, temperature: float, masks: Tensor | None, patch_size: int) -> Tensor:
+    """The whole loss of one student (SWEET and per-size share it): contrastive, plus the pixel
+    and masked-patch terms the head enables. With ``masks`` the student sees the masked global
+    views (or only the masked-patch term does, ``head.mim_separate``); both reconstruction terms are
+    scored against the unmasked views."""
+    students, features, tokens = embed_views(features_of, head, global_views, local_views, masks, patch_size)
+    return (student_loss(students, targets, len(global_views), temperature) + head.pixel_loss(features, global_views)
+            + head.masked_patch_loss(tokens, global_views, masks, patch_size))
+
+
+def embed_views(features_of, head: ProjectionHead, global_views: list[Tensor], local_views: list[Tensor],
+                masks: Tensor | None, patch_size: int) -> tuple[list[Tensor], Tensor, Tensor]:
+    """:func:`_split_embed` of what the student sees: the global views masked by ``masks``, or,
+    with ``head.mim_separate``, the unmasked views, the patch tokens then coming from a pass of
+    their own over the masked ones."""
+    if masks is None or not head.mim_separate:
+        return _split_embed(features_of, head, mask_views(global_views, masks, patch_size), local_views)
+    students, features, _ = _split_embed(features_of, head, global_views, local_views)
+    tokens = features_of([torch.cat(mask_views(global_views, masks, patch_size))])[0][1]
+    return students, features, tokens
+
+
+def mask_views(global_views: list[Tensor], masks: Tensor | None, patch_size: int) -> list[Tensor]:
+    """The global views with the patches ``masks`` (n_global * B, N) marks set to the mean; unchanged without masks."""
+    if masks is None:
+        return global_views
+    return list(apply_patch_masks(torch.cat(global_views), masks, patch_size).split(global_views[0].shape[0]))
+
+
 def view_pixels(in_chans: int, img_size: int | tuple[int, int]) -> int:
     """Numbers in one global view (the pixel decoder's outputs)."""
     height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
@@ -210,14 +249,14 @@ def view_pixels(in_chans: int, img_size: int | tuple[int, int]) -> int:
 
 
 def _split_embed(features_of, head: ProjectionHead, global_views: list[Tensor],
-                 local_views: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+                 local_views: list[Tensor]) -> tuple[list[Tensor], Tensor, Tensor]:
     """Run global views as one batch and local views as another through ``features_of`` (a list of
-    view batches -> a list of pooled features); return one projection per view and the pooled
-    features of the global batch (what the pixel decoder reads)."""
+    view batches -> a list of (pooled features, patch tokens)); return one projection per view and
+    the pooled features and patch tokens of the global batch (what the decoders read)."""
     groups = [torch.cat(global_views)] + ([torch.cat(local_views)] if local_views else [])
-    features = features_of(groups)
+    outputs = features_of(groups)
     batch = global_views[0].shape[0]
-    views = list(head(features[0]).split(batch))
+    views = list(head(outputs[0][0]).split(batch))
     if local_views:
-        views += list(head(features[1]).split(batch))
-    return views, features[0]
+        views += list(head(outputs[1][0]).split(batch))
+    return views, outputs[0][0], outputs[0][1]

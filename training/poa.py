@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from sweet_hub import export_timm
 from sweet_hub.export import vit_model_args
 from training.config import PoaSettings
-from training.methods import SizeChoice, _split_embed, view_pixels
-from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_features
+from training.methods import SizeChoice, _split_embed, embed_views, view_pixels
+from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_and_tokens
 
 __all__ = ["POAMethod", "extract_vit", "slice_state_dict"]
 
@@ -93,14 +93,17 @@ class POAMethod(nn.Module):
     """Full ViT + projection head; elastic sub-networks are slices of it (see module docstring)."""
 
     def __init__(self, model_kwargs: dict[str, Any], poa_cfg: PoaSettings, proj_hidden: int = 512, proj_dim: int = 128,
-                 pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0) -> None:
+                 pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
+                 mim_separate: bool = False) -> None:
         super().__init__()
         self.vit = timm.create_model("vit_base_patch16_224", pretrained=False, dynamic_img_size=True,
                                      pretrained_cfg_overlay=pretrained_cfg, **model_kwargs)
         self.head_dim = model_kwargs["embed_dim"] // model_kwargs["num_heads"]
         self.full = (model_kwargs["depth"], model_kwargs["embed_dim"])
         pixels = view_pixels(model_kwargs["in_chans"], model_kwargs["img_size"])
-        self.head = ProjectionHead(self.full[1], proj_hidden, proj_dim, pixels, recon_weight)
+        self.patch_size = model_kwargs["patch_size"]
+        self.head = ProjectionHead(self.full[1], proj_hidden, proj_dim, pixels, recon_weight,
+                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate)
         self.runner = FunctionalViT(model_kwargs)
         depths = poa_cfg.elastic_depths or list(range(max(1, self.full[0] // 2), self.full[0] + 1))
         widths = poa_cfg.elastic_widths or list(range(max(self.head_dim, self.full[1] // 3), self.full[1] + 1, self.head_dim))
@@ -117,31 +120,32 @@ class POAMethod(nn.Module):
         depth, width = rng.choices(self.elastic_sizes, weights=self.elastic_weights)[0]
         return SizeChoice(self.full, depth, width)
 
-    def _intact(self, groups: list[Tensor]) -> list[Tensor]:
-        return [pooled_features(self.vit, views) for views in groups]
+    def _intact(self, groups: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        return [pooled_and_tokens(self.vit, views) for views in groups]
 
-    def _elastic(self, size: SizeChoice, groups: list[Tensor]) -> list[Tensor]:
+    def _elastic(self, size: SizeChoice, groups: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
         state = slice_state_dict(dict(self.vit.named_parameters()), size.depth, size.width)
         heads = size.width // self.head_dim
-        outputs = []
-        for views in groups:
-            features = self.runner.features(state, views, heads) * (self.full[1] / size.width)
-            outputs.append(nn.functional.pad(features, (0, self.full[1] - size.width)))  # first-k channels of D
-        return outputs
+        to_full = lambda x: nn.functional.pad(x * (self.full[1] / size.width), (0, self.full[1] - size.width))  # first-k channels of D
+        return [tuple(map(to_full, self.runner.features_and_tokens(state, views, heads))) for views in groups]
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
-                targets: list[Tensor] | None = None, temperature: float = 0.2) -> Tensor:
+                targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None) -> Tensor:
         """The tri-branch loss; ``targets`` are the EMA teacher's (or None: the intact student's)."""
-        intact, intact_features = _split_embed(self._intact, self.head, global_views, local_views)
-        elastic, elastic_features = _split_embed(lambda g: self._elastic(size, g), self.head, global_views, local_views)
+        p = self.patch_size
+        intact, intact_features, intact_tokens = embed_views(self._intact, self.head, global_views, local_views, masks, p)
+        elastic, elastic_features, elastic_tokens = embed_views(lambda g: self._elastic(size, g), self.head, global_views,
+                                                                local_views, masks, p)
         targets = targets if targets is not None else intact[: len(global_views)]
         distill_targets = [t.detach() for t in intact[: len(global_views)]]
         wi, we, wd = self.weights
+        reconstruction = lambda features, tokens: (self.head.pixel_loss(features, global_views)
+                                                   + self.head.masked_patch_loss(tokens, global_views, masks, self.patch_size))
         return (wi * contrastive_loss(intact, targets, temperature, same_views=True)
                 + we * contrastive_loss(elastic, targets, temperature, same_views=True)
                 + wd * contrastive_loss(elastic, distill_targets, temperature, same_views=True)
-                + wi * self.head.pixel_loss(intact_features, global_views)
-                + we * self.head.pixel_loss(elastic_features, global_views))
+                + wi * reconstruction(intact_features, intact_tokens)
+                + we * reconstruction(elastic_features, elastic_tokens))
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:

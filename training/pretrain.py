@@ -43,7 +43,7 @@ from training.checkpoints import latest_complete_checkpoint, save_checkpoint
 from training.config import ConfigError, TrainConfig, config_help, load_config, set_cpu_threads
 from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors
 from training.methods import PretrainMethod
-from training.selfsup import EMATeacher, cosine_schedule
+from training.selfsup import EMATeacher, cosine_schedule, random_patch_masks
 
 
 class TrainState:
@@ -79,7 +79,8 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
 def build_method(cfg: TrainConfig) -> PretrainMethod:
     """The module being trained, from the config's ``method``."""
     method = cfg.method
-    head = dict(proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim, recon_weight=cfg.recon_weight)
+    head = dict(proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim, recon_weight=cfg.recon_weight, mim_weight=cfg.mim_weight,
+                mim_separate=cfg.mim_separate)
     if method == "sweet":
         from sweet_hub import SweetTemplate
         from training.methods import SweetMethod
@@ -244,6 +245,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     augment = MultiCropAugment(tcfg.img_size, tuple(tcfg.mean), tuple(tcfg.std), cfg.n_global, cfg.n_local,
                                cfg.local_size, tuple(cfg.global_scale), tuple(cfg.local_scale), cfg.jitter)
     max_steps, ga = cfg.max_steps, cfg.grad_accum
+    num_patches = (tcfg.img_size // tcfg.patch_size) ** 2
     budget = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
     # a time-budgeted run counts training seconds, a step-budgeted one counts steps
     bar = tqdm(total=round(budget) if budget else max_steps, initial=round(state.train_seconds) if budget else state.step,
@@ -264,11 +266,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         loss_sum = 0.0
         for micro in range(ga):
             index = batches(step * ga + micro)
-            global_views, local_views = augment(data.images[index], step_seed(cfg.seed, step, micro, accelerator.process_index))
+            seed = step_seed(cfg.seed, step, micro, accelerator.process_index)
+            global_views, local_views = augment(data.images[index], seed)
+            masks = (random_patch_masks(cfg.n_global * len(index), num_patches, cfg.mask_ratio, torch.Generator().manual_seed(seed))
+                     if cfg.mask_ratio > 0 else None)
             sync = accelerator.no_sync(method) if micro < ga - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
                 targets = teacher.module.embed_targets(global_views) if teacher is not None else None
-                loss = method(global_views, local_views, size, targets, cfg.temperature)
+                loss = method(global_views, local_views, size, targets, cfg.temperature, masks)
                 accelerator.backward(loss / ga)
             loss_sum += loss.item() / ga
         if cfg.clip_grad:
@@ -321,6 +326,9 @@ def finish(cfg: TrainConfig, method: PretrainMethod, state: TrainState, output_d
         "command": f"`{_command()}`",
         "data": f"{cfg.data} train split, {cfg.num_images or 'all'} images, no labels",
         "method": f"{cfg.method}, contrastive loss (T={cfg.temperature}), {cfg.n_global} global + {cfg.n_local} local crops"
+                  + (f", {cfg.mask_ratio:.0%} of global-view patches masked" if cfg.mask_ratio else "")
+                  + (f", masked-patch prediction (weight {cfg.mim_weight}{', own forward pass' if cfg.mim_separate else ''})"
+                     if cfg.mim_weight else "")
                   + (f", width-wise stochastic scaling p={cfg.width_scaling_p}" if cfg.method == "sweet" else ""),
         **({"initial weights": f"{cfg.initial_template} (images seen and steps count this run only)"}
            if cfg.initial_template else {}),

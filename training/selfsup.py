@@ -23,27 +23,35 @@ from torch.func import functional_call
 
 from sweet_hub.knn import pooled_features
 
-__all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "contrastive_loss", "cosine_schedule", "gather_batches", "pooled_features"]
+__all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "apply_patch_masks", "contrastive_loss", "cosine_schedule",
+           "gather_batches", "patchify", "pooled_and_tokens", "pooled_features", "random_patch_masks"]
 
 
 class ProjectionHead(nn.Module):
-    """MLP projection to the contrastive space (timm ``Mlp`` + a linear output), and optionally a
-    linear pixel decoder of the same pooled features (``recon_pixels`` and ``recon_weight`` > 0).
+    """MLP projection to the contrastive space (timm ``Mlp`` + a linear output), and the optional
+    reconstruction terms of the loss: a linear pixel decoder of the pooled features
+    (:meth:`pixel_loss`, ``recon_weight`` > 0) and a linear decoder of each masked patch token
+    (:meth:`masked_patch_loss`, ``mim_weight`` > 0).
 
-    The decoder is the reconstruction term of the loss (:meth:`pixel_loss`): a contrastive loss
-    alone makes pooled features invariant to what the crops change (position, scale), and on
-    centred silhouettes that is much of what separates classes; a linear read-back of the view's
-    pixels keeps that information in the pooled feature, the way PCA does, while the contrastive
-    term shapes the rest.
+    Why reconstruction: a contrastive loss alone makes pooled features invariant to what the crops
+    change (position, scale), and on centred silhouettes that is much of what separates classes.
+    A linear read-back of the view's pixels keeps that information in the pooled feature, the way
+    PCA does. Masked-patch prediction (SimMIM-style, from the final tokens of a view whose masked
+    patches were set to the mean) asks each token to infer what it cannot see from its context, an
+    objective on the tokens rather than on their mean. By default the masked views are also the
+    ones the contrastive loss sees (no extra forward); ``mim_separate`` gives them a pass of their own.
     """
 
     def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, recon_pixels: int = 0,
-                 recon_weight: float = 0.0) -> None:
+                 recon_weight: float = 0.0, patch_pixels: int = 0, mim_weight: float = 0.0, mim_separate: bool = False) -> None:
         super().__init__()
         self.mlp = Mlp(in_dim, hidden_features=hidden_dim, out_features=hidden_dim, act_layer=nn.GELU)
         self.out = nn.Linear(hidden_dim, out_dim)
-        self.recon_weight = recon_weight
+        self.recon_weight, self.mim_weight = recon_weight, mim_weight
+        #: the masked views get a forward pass of their own and the contrastive loss sees the unmasked ones
+        self.mim_separate = mim_separate
         self.decoder = nn.Linear(in_dim, recon_pixels) if recon_pixels and recon_weight > 0 else None
+        self.token_decoder = nn.Linear(in_dim, patch_pixels) if patch_pixels and mim_weight > 0 else None
 
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(self.out(F.gelu(self.mlp(x))), dim=-1)
@@ -55,6 +63,53 @@ class ProjectionHead(nn.Module):
         if self.decoder is None:
             return features.new_zeros(())
         return self.recon_weight * F.mse_loss(self.decoder(features), torch.cat(views).flatten(1))
+
+    def masked_patch_loss(self, tokens: Tensor, views: list[Tensor], masks: Tensor | None, patch_size: int) -> Tensor:
+        """``mim_weight`` x the mean squared error of the decoded masked patches: ``tokens``
+        (len(views) * B, N, in_dim) are the patch tokens of the masked views, ``views`` the
+        unmasked ones, ``masks`` (len(views) * B, N) which patches were hidden; 0 without a
+        token decoder or masks."""
+        if self.token_decoder is None or masks is None:
+            return tokens.new_zeros(())
+        predicted = self.token_decoder(tokens[masks])
+        return self.mim_weight * F.mse_loss(predicted, patchify(torch.cat(views), patch_size)[masks])
+
+
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """(B, C, H, W) -> (B, N, C * p * p), patches in the row-major order of timm's patch tokens."""
+    b, c = images.shape[:2]
+    patches = images.unfold(2, patch_size, patch_size).unfold(3, patch_size, patch_size)  # B, C, gh, gw, p, p
+    return patches.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * patch_size * patch_size)
+
+
+def random_patch_masks(batch: int, num_patches: int, ratio: float, generator: torch.Generator) -> Tensor:
+    """(batch, num_patches) bool: exactly ``round(ratio * num_patches)`` patches per row are True
+    (hidden), drawn uniformly with ``generator`` (so a resumed step draws the same masks)."""
+    hidden = round(ratio * num_patches)
+    order = torch.rand(batch, num_patches, generator=generator).argsort(dim=1)
+    return order < hidden
+
+
+def apply_patch_masks(images: Tensor, masks: Tensor, patch_size: int) -> Tensor:
+    """``images`` (B, C, H, W) with the patches ``masks`` (B, N) marks set to 0 (the mean after
+    normalization)."""
+    b, _, h, w = images.shape
+    grid = masks.view(b, 1, h // patch_size, w // patch_size)
+    pixels = grid.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
+    return images.masked_fill(pixels, 0.0)
+
+
+def pooled_and_tokens(model: VisionTransformer, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Pooled pre-logit features (B, D) and the final patch tokens (B, N, D) of a timm ViT, from one forward."""
+    tokens = model.forward_features(images)
+    return model.forward_head(tokens, pre_logits=True), tokens[:, model.num_prefix_tokens:]
+
+
+class _PooledAndTokens(VisionTransformer):
+    """A timm ViT whose forward returns :func:`pooled_and_tokens` (the skeleton ``functional_call`` runs)."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return pooled_and_tokens(self, x)
 
 
 def gather_batches(tensor: Tensor) -> tuple[Tensor, int]:
@@ -124,7 +179,7 @@ class FunctionalViT:
     """
 
     def __init__(self, vit_kwargs: dict[str, Any]) -> None:
-        # num_classes=0: the skeleton's forward returns pooled pre-logit features
+        # num_classes=0: no classifier; the forward returns pooled pre-logit features and patch tokens
         self.vit_kwargs = {**vit_kwargs, "dynamic_img_size": True, "num_classes": 0}
         self._skeletons: dict[tuple[int, int], VisionTransformer] = {}
 
@@ -132,16 +187,21 @@ class FunctionalViT:
         key = (depth, width)
         if key not in self._skeletons:
             with torch.device("meta"):
-                self._skeletons[key] = VisionTransformer(**{**self.vit_kwargs, "depth": depth, "embed_dim": width, "num_heads": num_heads})
+                self._skeletons[key] = _PooledAndTokens(**{**self.vit_kwargs, "depth": depth, "embed_dim": width, "num_heads": num_heads})
         return self._skeletons[key]
 
-    def features(self, state: dict[str, Tensor], images: Tensor, num_heads: int) -> Tensor:
-        """Pooled pre-logit features (B, width), as timm's ``forward_head(pre_logits=True)``."""
+    def features_and_tokens(self, state: dict[str, Tensor], images: Tensor, num_heads: int) -> tuple[Tensor, Tensor]:
+        """Pooled pre-logit features (B, width), as timm's ``forward_head(pre_logits=True)``, and
+        the final patch tokens (B, N, width)."""
         width = state["pos_embed"].shape[-1]
         depth = sum(1 for k in state if k.endswith(".attn.qkv.weight"))
         model = self.skeleton(depth, width, num_heads)
         weights = {k: v for k, v in state.items() if not k.startswith("head.")}
         return functional_call(model, weights, (images,), strict=True, tie_weights=False)
+
+    def features(self, state: dict[str, Tensor], images: Tensor, num_heads: int) -> Tensor:
+        """Pooled pre-logit features (B, width) only."""
+        return self.features_and_tokens(state, images, num_heads)[0]
 
 
 def cosine_schedule(step: int, total: int, warmup: int, base: float, final: float, progress: float | None = None) -> float:
