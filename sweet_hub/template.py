@@ -238,8 +238,9 @@ class SweetTemplate(
         """Learn the scalers of (depth, width) from unlabeled ``images`` (uint8 (N, C, H, W)) and
         store them (source 'learned'); the template stays frozen.
 
-        They start from the derived scalers and are trained to reproduce, token by token, the
-        features of the largest anchor (:mod:`sweet_hub.distill`). Returns the facts stored with
+        They start from the scalers the template has for that size (the derived ones, or the
+        stored ones if any: learning again continues them) and are trained to reproduce, token by
+        token, the features of the largest anchor (:mod:`sweet_hub.distill`). Returns the facts stored with
         them (images, steps, seconds, distillation loss before and after).
         """
         self.config.check_size(depth, width)

@@ -385,6 +385,30 @@ def test_learn_scalers_keep_if_better_stores_only_sizes_that_win_on_held_out_tra
     assert "3x48" in result.stdout
 
 
+def test_learn_scalers_again_continues_the_learned_scalers_and_must_beat_them(tmp_path, template_dir):
+    """A second run on a size that ships learned scalers starts from them (its loss before is the first run's loss
+    after), and --keep-if-better compares against them (key 'previous'), not against the derived ones."""
+    script = [sys.executable, str(ROOT / "training" / "learn_scalers.py"), "--template", str(template_dir), "--sizes", "3x48",
+              "--num-images", "128", "--steps", "5", "--batch-size", "32"]
+    run([*script, "--report", str(tmp_path / "first.json")])
+    first = json.loads((tmp_path / "first.json").read_text())["sizes"]["3x48"]
+    scaler_file = template_dir / "scalers" / "d3_w48.safetensors"
+    stored = scaler_file.read_bytes()
+    run([*script[:-4], "--steps", "6", "--batch-size", "32", "--keep-if-better", "--report", str(tmp_path / "second.json")])
+    second = json.loads((tmp_path / "second.json").read_text())["sizes"]["3x48"]
+    assert second["distill_loss_before"] == pytest.approx(first["distill_loss_after"], rel=1e-3)
+    scores = second["validation_knn"]
+    assert set(scores) == {"previous", "learned"} and second["kept"] == (scores["learned"] > scores["previous"])
+    assert second["continued_from"] == "learned scalers (128 images, 5 steps)"
+    from sweet_hub import SweetTemplate
+
+    info = SweetTemplate.from_pretrained(template_dir).scaler_info["d3_w48"]
+    if second["kept"]:
+        assert (info["held_out_knn_previous"], info["held_out_knn_learned"]) == (scores["previous"], scores["learned"])
+    else:  # the first run's scalers stay, byte for byte
+        assert scaler_file.read_bytes() == stored and "held_out_knn_previous" not in info
+
+
 def test_learn_scalers_rejects_mixed_size_arguments(template_dir):
     result = run([sys.executable, str(ROOT / "training" / "learn_scalers.py"), "--template", str(template_dir), "--sizes", "3x48",
                   "--depth", "3"], check=False)

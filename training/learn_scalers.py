@@ -6,10 +6,12 @@
 
 ``--keep-if-better`` stores a size's learned scalers only where they beat the derived ones on a
 k-NN whose bank and queries are disjoint subsets of the *train* split (the test split is never
-read), so a template never ships scalers worse than the zero-cost ones.
+read), so a template never ships scalers worse than the ones it had (the zero-cost derived ones,
+or the learned ones a second run continues).
 
-The new size's X, X_vec, U, V start from the derived scalers (the zero-cost initialization used
-for any size without a scaler file) and are trained to reproduce, token by token, the features
+The size's X, X_vec, U, V start from the template's scalers of that size: the derived ones (the
+zero-cost initialization used for any size without a scaler file), or its learned ones if it
+ships them (a run with more images or steps then continues them). They are trained to reproduce, token by token, the features
 of the template's largest anchor. Student and teacher have different widths, so both are
 compared in the template's r-space (``tokens @ U / sqrt(width)``), the space the pre-training
 projection head reads. Only the scaler file, config.json and the model card of the template
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-if-better", action="store_true",
                         help="store the learned scalers of a size only if their k-NN on held-out *train* images (labels needed; "
-                             "the test split is never read) beats the derived scalers they started from")
+                             "the test split is never read) beats the scalers they started from (derived, or learned before)")
     parser.add_argument("--report", help="also write the facts of every size to this JSON file")
     parser.add_argument("--threads", type=int, help="torch threads per process (default: the cores divided among the processes)")
     args = parser.parse_args(argv)
@@ -91,17 +93,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for depth, width in sizes:
         key = size_key(depth, width)
         candidate = copy.deepcopy(template) if validation is not None else template
+        start = "previous" if template.has_scalers(depth, width) else "derived"  # what the run starts from and must beat
+        previous = dict(template.scaler_info.get(key, {}))  # a copy: learning in place replaces these facts
         facts = learn_scalers(candidate, depth, width, data.images, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                               seed=args.seed, accelerator=accelerator, progress=accelerator.is_local_main_process)
         facts["data"] = f"{args.data} train, {len(data)} images, no labels"
         candidate.scaler_info[key]["data"] = facts["data"]
+        if start == "previous":  # the card then tells the whole history of these scalers
+            facts["continued_from"] = f"learned scalers ({previous.get('images', '?')} images, {previous.get('steps', '?')} steps)"
+            candidate.scaler_info[key]["continued_from"] = facts["continued_from"]
         if validation is not None:
-            facts["validation_knn"] = {"derived": _knn(template, depth, width, validation), "learned": _knn(candidate, depth, width, validation)}
-            facts["kept"] = facts["validation_knn"]["learned"] > facts["validation_knn"]["derived"]
+            facts["validation_knn"] = {start: _knn(template, depth, width, validation), "learned": _knn(candidate, depth, width, validation)}
+            facts["kept"] = facts["validation_knn"]["learned"] > facts["validation_knn"][start]
             if facts["kept"]:  # the card then says why these scalers were kept
                 template.add_scalers(depth, width, candidate.stored_scalers(depth, width),
                                      **{k: v for k, v in candidate.scaler_info[key].items() if k not in ("depth", "width")},
-                                     held_out_knn_derived=facts["validation_knn"]["derived"],
+                                     **{f"held_out_knn_{start}": facts["validation_knn"][start]},
                                      held_out_knn_learned=facts["validation_knn"]["learned"])
         if accelerator.is_main_process and template.has_scalers(depth, width) and facts.get("kept", True):
             facts["scaler_file"] = str(template.save_scalers(folder, depth, width))
