@@ -39,6 +39,9 @@ def git_commit_folder(repo: Path, message: str = "update", branch: str = "main")
     """Commit everything in ``repo`` (initializing it if needed); returns the commit hash."""
     if not (repo / ".git").is_dir():
         subprocess.run([*_GIT, "init", "-q", "-b", branch], cwd=repo, check=True)
+    # drop the index first: a file replaced by one of the same size within the filesystem's timestamp tick (and a
+    # reused inode) looks unchanged to git's stat check, and a commit silently kept the old template (seen in CI)
+    subprocess.run([*_GIT, "rm", "-r", "-q", "--cached", "--ignore-unmatch", "."], cwd=repo, check=True)
     subprocess.run([*_GIT, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*_GIT, "commit", "-q", "--allow-empty", "-m", message], cwd=repo, check=True)
     return subprocess.run([*_GIT, "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()

@@ -218,3 +218,28 @@ def test_fit_from_an_hf_hub_checkpoint(hub, tmp_path, hf_cache, fresh_cache, mon
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(fitted.materialize(2, 64)(x), source(x), rtol=1e-4, atol=1e-5)
     assert fitted.card_info["fit"]["source"] == "hf-hub:org/vit-to-fit"
+
+
+def test_mirror_commit_records_a_same_size_rewrite_that_git_stat_data_misses(tmp_path):
+    """The test Hub's commits hash every file: a same-size rewrite with the old mtime (what two saves within one
+    timestamp tick look like to git) must still land in the next commit (it once did not, and a revision test
+    read the old template under the new config.json)."""
+    import os
+    import subprocess
+
+    from hub_server import _GIT, git_commit_folder
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    weights = repo / "template.safetensors"
+    weights.write_bytes(b"a" * 64)
+    old = 946_684_800_000_000_000  # an mtime well before the index is written (not a "racy" entry git would re-hash)
+    os.utime(weights, ns=(old, old))
+    git_commit_folder(repo, "v1")
+    subprocess.run([*_GIT, "config", "core.trustctime", "false"], cwd=repo, check=True)  # as if ctime had not moved
+    with weights.open("r+b") as f:  # same inode, same size
+        f.write(b"b" * 64)
+    os.utime(weights, ns=(old, old))  # same mtime
+    git_commit_folder(repo, "v2")
+    shown = subprocess.run([*_GIT, "show", "HEAD:template.safetensors"], cwd=repo, check=True, capture_output=True).stdout
+    assert shown == b"b" * 64
