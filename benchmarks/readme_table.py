@@ -323,10 +323,11 @@ def _training_facts(entry: dict[str, Any]) -> str:
 
 COMPARISONS = {  # result name -> (heading, what the comparison decided)
     "compare_templates": ("Is a new template better? (templates side by side)", ""),
-    "compare_scalers": ("Relearned scalers (the bundled template's weights, its 12x384 and 10x512 scalers learned further)",
+    "compare_scalers": ("Relearned scalers (the bundled template's weights, its learned scalers learned further)",
                         " 'before' is sweet_hub/fmnist as committed before the relearning (`git archive` into "
-                        "out/bundled_before). The first table's bundled 12x384 / 10x512 'k-NN' cells were measured with "
-                        "those earlier scalers."),
+                        "out/bundled_before); 'relearned' is the folder the scalers were learned in (out/t256), copied into "
+                        "sweet_hub/fmnist. The first table's bundled 'k-NN' cells of learned sizes were measured "
+                        "with those earlier scalers."),
 }
 
 
