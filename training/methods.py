@@ -126,15 +126,15 @@ class SweetMethod(nn.Module):
         cfg = self.template.config
         return derive_scalers(anchor, size.depth, size.width, cfg.depth_rescale, cfg.width_rescale)
 
-    def features(self, size: SizeChoice, view_groups: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    def features(self, size: SizeChoice, view_groups: list[Tensor]) -> list[tuple[Tensor, Tensor | None]]:
         """Pooled features and patch tokens of each group of views in r-space (one forward per
-        group, views batched inside it)."""
+        group, views batched inside it); tokens are None unless the head reads them."""
         scalers = self._scalers(size)
         state = materialize_state_dict(dict(self.template.cores.items()), scalers, self.template.config)
         to_r_space = scalers["U"] / math.sqrt(size.width)
         heads = size.width // self.template.config.head_dim
         outputs = [self.runner.features_and_tokens(state, views, heads) for views in view_groups]
-        return [(pooled @ to_r_space, tokens @ to_r_space) for pooled, tokens in outputs]
+        return [(pooled @ to_r_space, tokens @ to_r_space if self.head.reads_tokens else None) for pooled, tokens in outputs]
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
                 targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None) -> Tensor:
@@ -224,7 +224,7 @@ def student_objective(features_of, head: ProjectionHead, global_views: list[Tens
 
 
 def embed_views(features_of, head: ProjectionHead, global_views: list[Tensor], local_views: list[Tensor],
-                masks: Tensor | None, patch_size: int) -> tuple[list[Tensor], Tensor, Tensor]:
+                masks: Tensor | None, patch_size: int) -> tuple[list[Tensor], Tensor, Tensor | None]:
     """:func:`_split_embed` of what the student sees: the global views masked by ``masks``, or,
     with ``head.mim_separate``, the unmasked views, the patch tokens then coming from a pass of
     their own over the masked ones."""
@@ -249,7 +249,7 @@ def view_pixels(in_chans: int, img_size: int | tuple[int, int]) -> int:
 
 
 def _split_embed(features_of, head: ProjectionHead, global_views: list[Tensor],
-                 local_views: list[Tensor]) -> tuple[list[Tensor], Tensor, Tensor]:
+                 local_views: list[Tensor]) -> tuple[list[Tensor], Tensor, Tensor | None]:
     """Run global views as one batch and local views as another through ``features_of`` (a list of
     view batches -> a list of (pooled features, patch tokens)); return one projection per view and
     the pooled features and patch tokens of the global batch (what the decoders read)."""

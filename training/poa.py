@@ -123,11 +123,12 @@ class POAMethod(nn.Module):
     def _intact(self, groups: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
         return [pooled_and_tokens(self.vit, views) for views in groups]
 
-    def _elastic(self, size: SizeChoice, groups: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    def _elastic(self, size: SizeChoice, groups: list[Tensor]) -> list[tuple[Tensor, Tensor | None]]:
         state = slice_state_dict(dict(self.vit.named_parameters()), size.depth, size.width)
         heads = size.width // self.head_dim
         to_full = lambda x: nn.functional.pad(x * (self.full[1] / size.width), (0, self.full[1] - size.width))  # first-k channels of D
-        return [tuple(map(to_full, self.runner.features_and_tokens(state, views, heads))) for views in groups]
+        outputs = [self.runner.features_and_tokens(state, views, heads) for views in groups]
+        return [(to_full(pooled), to_full(tokens) if self.head.reads_tokens else None) for pooled, tokens in outputs]
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
                 targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None) -> Tensor:
@@ -140,7 +141,7 @@ class POAMethod(nn.Module):
         distill_targets = [t.detach() for t in intact[: len(global_views)]]
         wi, we, wd = self.weights
         reconstruction = lambda features, tokens: (self.head.pixel_loss(features, global_views)
-                                                   + self.head.masked_patch_loss(tokens, global_views, masks, self.patch_size))
+                                                   + self.head.masked_patch_loss(tokens, global_views, masks, p))
         return (wi * contrastive_loss(intact, targets, temperature, same_views=True)
                 + we * contrastive_loss(elastic, targets, temperature, same_views=True)
                 + wd * contrastive_loss(elastic, distill_targets, temperature, same_views=True)

@@ -21,10 +21,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from sweet_hub.knn import pooled_features
-
 __all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "apply_patch_masks", "contrastive_loss", "cosine_schedule",
-           "gather_batches", "patchify", "pooled_and_tokens", "pooled_features", "random_patch_masks"]
+           "gather_batches", "patchify", "pooled_and_tokens", "random_patch_masks"]
 
 
 class ProjectionHead(nn.Module):
@@ -53,6 +51,11 @@ class ProjectionHead(nn.Module):
         self.decoder = nn.Linear(in_dim, recon_pixels) if recon_pixels and recon_weight > 0 else None
         self.token_decoder = nn.Linear(in_dim, patch_pixels) if patch_pixels and mim_weight > 0 else None
 
+    @property
+    def reads_tokens(self) -> bool:
+        """Whether a loss term reads patch tokens (methods skip mapping them otherwise)."""
+        return self.token_decoder is not None
+
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(self.out(F.gelu(self.mlp(x))), dim=-1)
 
@@ -64,13 +67,13 @@ class ProjectionHead(nn.Module):
             return features.new_zeros(())
         return self.recon_weight * F.mse_loss(self.decoder(features), torch.cat(views).flatten(1))
 
-    def masked_patch_loss(self, tokens: Tensor, views: list[Tensor], masks: Tensor | None, patch_size: int) -> Tensor:
+    def masked_patch_loss(self, tokens: Tensor | None, views: list[Tensor], masks: Tensor | None, patch_size: int) -> Tensor:
         """``mim_weight`` x the mean squared error of the decoded masked patches: ``tokens``
         (len(views) * B, N, in_dim) are the patch tokens of the masked views, ``views`` the
         unmasked ones, ``masks`` (len(views) * B, N) which patches were hidden; 0 without a
-        token decoder or masks."""
+        token decoder or masks (``tokens`` may then be None)."""
         if self.token_decoder is None or masks is None:
-            return tokens.new_zeros(())
+            return views[0].new_zeros(())
         predicted = self.token_decoder(tokens[masks])
         return self.mim_weight * F.mse_loss(predicted, patchify(torch.cat(views), patch_size)[masks])
 
@@ -198,10 +201,6 @@ class FunctionalViT:
         model = self.skeleton(depth, width, num_heads)
         weights = {k: v for k, v in state.items() if not k.startswith("head.")}
         return functional_call(model, weights, (images,), strict=True, tie_weights=False)
-
-    def features(self, state: dict[str, Tensor], images: Tensor, num_heads: int) -> Tensor:
-        """Pooled pre-logit features (B, width) only."""
-        return self.features_and_tokens(state, images, num_heads)[0]
 
 
 def cosine_schedule(step: int, total: int, warmup: int, base: float, final: float, progress: float | None = None) -> float:
