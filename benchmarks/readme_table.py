@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from fractions import Fraction
 from typing import Any
 
 from common import RESULTS, ROOT
@@ -364,6 +365,15 @@ def compare_section(r: dict[str, Any], name: str = "compare_templates") -> list[
     return lines + ["", f"![templates side by side](benchmarks/results/{name}.png)", ""]
 
 
+def _budget_shares(r: dict[str, Any]) -> str:
+    """Which variants got only part of the budget (per-size runs of one anchor: three trained one by one share it)."""
+    parts = [f"`{name}` gets {Fraction(v['changes']['budget_fraction']).limit_denominator(12)} of it"
+             for name, v in r["variants"].items() if v["changes"].get("budget_fraction", 1) != 1]
+    if not parts:
+        return ""
+    return "; " + ", ".join(parts) + ", as one of three anchors pre-trained one by one would"
+
+
 def recipe_section(r: dict[str, Any]) -> list[str]:
     b = r["baselines"]
     sizes = list(next(iter(r["variants"].values()))["sizes"])
@@ -372,8 +382,8 @@ def recipe_section(r: dict[str, Any]) -> list[str]:
         "### What makes a template good (recipe study)",
         "",
         f"Every variant pre-trains for the same wall-clock budget ({r['budget_minutes']:g} min, {r['threads_per_run']} thread, "
-        f"{r['parallel_runs']} runs at a time; per-size pre-training of 8x192 gets a third of it, as three anchors trained one by "
-        f"one would). Validation protocol, never the test images: {r['protocol']}. {_pixel_line(b)} on the same protocol. "
+        f"{r['parallel_runs']} runs at a time{_budget_shares(r)}). Validation protocol, never the test images: {r['protocol']}. "
+        f"{_pixel_line(b)} on the same protocol. "
         + ("Rounds: " + "; ".join(f"`{i['command']}`" for i in r["invocations"]) if r.get("invocations") else f"`{r['command']}`"),
         "",
         *md_header("variant", "images seen", "k-NN anchors", "k-NN unseen", "probe anchors", "probe unseen", "materialize",

@@ -76,6 +76,18 @@ PLANS: dict[str, dict[str, Any]] = {
             # round 9: the prediction on a pass of its own (the contrastive loss sees unmasked views), two seeds
             "r192_mim_sep": {**R192, "mask_ratio": 0.4, "mim_weight": 1.0, "mim_separate": True},
             "r192_mim_sep_s1": {**R192, "mask_ratio": 0.4, "mim_weight": 1.0, "mim_separate": True, "seed": 1},
+            # round 10: does the Tucker form itself learn slower than plain weights? SWEET trained at the 8x192 anchor only
+            # (no other anchor, no stochastic widths) against per-size 8x192 pre-training, both with the whole budget
+            "r192_only8": {**R192, "anchor_weights": [0, 0, 1], "width_scaling_p": 0.0},
+            "single_8x192_full": {**GENTLE, "method": "single", "size": [8, 192]},
+            # round 11: round 10's gap at 8x192 (75.4 vs 77.1) with O(1) factor entries: an Adam step moves the materialized
+            # weights by a smaller fraction than plain ones, so a higher learning rate, at the anchor alone and for the recipe
+            "r192_only8_lr3e-3": {**R192, "anchor_weights": [0, 0, 1], "width_scaling_p": 0.0, "lr": 3.0e-3},
+            "r192_lr3e-3": {**R192, "lr": 3.0e-3},
+            # round 12: the higher rate only where round 11 suggests it is missing: each anchor's scalers are updated on a third
+            # of the steps, the shared cores on all; next to the base re-run in this round
+            "r192_scaler_lr3": {**R192, "scaler_lr_scale": 3.0},
+            "crops_r192_rerun2": R192,
         },
     },
     "quick": {

@@ -233,18 +233,33 @@ class SweetTemplate(
             return self.scaler_info[key]["source"]
         return f"derived from {format_size(*self.config.nearest_anchor(depth, width))}"
 
+    def scaler_teacher(self, depth: int, width: int, teacher: tuple[int, int] | None = None) -> tuple[int, int]:
+        """The anchor whose tokens :meth:`learn_scalers` copies for (depth, width): ``teacher``,
+        checked (an anchor, not the size itself), or the largest anchor."""
+        self.config.check_size(depth, width)
+        anchors = [tuple(a) for a in self.config.anchors]
+        teacher = tuple(teacher) if teacher is not None else self.config.largest_anchor
+        if teacher not in anchors:
+            raise TemplateConfigError(f"teacher {format_size(*teacher)} is not an anchor of this template; choose one of "
+                                      f"{', '.join(format_size(*a) for a in anchors)} (or leave it unset for the largest).")
+        if teacher == (depth, width):
+            raise TemplateConfigError(f"{format_size(depth, width)} is the teacher itself: an anchor keeps the scalers pre-training "
+                                      f"gave it. Learn the scalers of another size, or choose another teacher.")
+        return teacher
+
     def learn_scalers(self, depth: int, width: int, images: Tensor, steps: int = 300, batch_size: int = 128, lr: float = 1e-3,
-                      seed: int = 0, accelerator: Any = None, progress: bool = True) -> dict[str, Any]:
+                      seed: int = 0, accelerator: Any = None, progress: bool = True,
+                      teacher: tuple[int, int] | None = None) -> dict[str, Any]:
         """Learn the scalers of (depth, width) from unlabeled ``images`` (uint8 (N, C, H, W)) and
         store them (source 'learned'); the template stays frozen.
 
         They start from the scalers the template has for that size (the derived ones, or the
         stored ones if any: learning again continues them) and are trained to reproduce, token by
-        token, the features of the largest anchor (:mod:`sweet_hub.distill`). Returns the facts stored with
-        them (images, steps, seconds, distillation loss before and after).
+        token, the features of ``teacher``, an anchor (default: the largest one; a smaller model
+        may do better copying the anchor it is derived from) (:mod:`sweet_hub.distill`). Returns
+        the facts stored with them (images, steps, seconds, distillation loss before and after).
         """
-        self.config.check_size(depth, width)
-        teacher = self.config.largest_anchor
+        teacher = self.scaler_teacher(depth, width, teacher)
         with torch.no_grad():
             teacher_state = self.state_dict_for(*teacher)
             teacher_to_r = self.scalers_for(*teacher)["U"] / math.sqrt(teacher[1])

@@ -3,6 +3,7 @@ learning, evaluation, and clear errors for bad configs and data."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -185,12 +186,38 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     ("mask_ratio=1", "mask_ratio is the fraction of patches hidden"),
     ("mim_weight=1", "mim_weight=1.0 needs mask_ratio > 0"),
     ("mim_separate=true", "only applies with mim_weight > 0"),
+    ("scaler_lr_scale=0", "scaler_lr_scale must be > 0"),
 ])
 def test_bad_config_is_a_clear_error(override, message):
     from training.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=message):
         load_config(ROOT / "training" / "configs" / "tiny.yaml", [override])
+
+
+def test_scaler_lr_scale_is_refused_for_methods_without_scalers():
+    from training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="only applies to method=sweet"):
+        load_config(ROOT / "training" / "configs" / "tiny.yaml", ["method=single", "size=[3,48]", "scaler_lr_scale=3"])
+
+
+def test_scaler_lr_scale_moves_only_the_scalers_faster():
+    """scaler_lr_scale splits timm's weight-decay groups into scalers and the rest; the schedule multiplies each group's lr
+    by its lr_scale, so after one step the scalers sit at 3x the lr and every parameter is in exactly one group."""
+    from training.config import load_config
+    from training.pretrain import build_method, param_groups
+
+    cfg = load_config(ROOT / "training" / "configs" / "tiny.yaml", ["scaler_lr_scale=3"])
+    method = build_method(cfg)
+    groups = param_groups(method, cfg.weight_decay, cfg.scaler_lr_scale)
+    names = {id(p): n for n, p in method.named_parameters()}
+    grouped = [names[id(p)] for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(names.values())  # each parameter once
+    for group in groups:
+        in_scalers = {names[id(p)].startswith("template.scalers.") for p in group["params"]}
+        assert in_scalers == {group["lr_scale"] == 3.0}
+    assert len(param_groups(method, cfg.weight_decay, 1.0)) == 2 and "lr_scale" not in param_groups(method, cfg.weight_decay)[0]
 
 
 @pytest.mark.parametrize("method", ["sweet", "single", "poa"])
@@ -407,6 +434,26 @@ def test_learn_scalers_again_continues_the_learned_scalers_and_must_beat_them(tm
         assert (info["held_out_knn_previous"], info["held_out_knn_learned"]) == (scores["previous"], scores["learned"])
     else:  # the first run's scalers stay, byte for byte
         assert scaler_file.read_bytes() == stored and "held_out_knn_previous" not in info
+
+
+def test_learn_scalers_copies_the_teacher_it_is_given(tiny_template):
+    """--teacher picks the anchor whose tokens are copied: another target, so another loss from the same start."""
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    runs = {}
+    for teacher in (None, (2, 32)):
+        template = copy.deepcopy(tiny_template)
+        runs[teacher] = template.learn_scalers(3, 48, images, steps=2, batch_size=32, progress=False, teacher=teacher)
+        assert template.scaler_info["d3_w48"]["teacher"] == runs[teacher]["teacher"]
+    assert runs[None]["teacher"] == "4x64" and runs[(2, 32)]["teacher"] == "2x32"
+    assert runs[None]["distill_loss_before"] != pytest.approx(runs[(2, 32)]["distill_loss_before"], rel=1e-3)
+
+
+@pytest.mark.parametrize("args, message", [(["--sizes", "3x48", "--teacher", "3x32"], "3x32 is not an anchor of this template"),
+                                           (["--sizes", "2x32", "--teacher", "2x32"], "2x32 is the teacher itself")])
+def test_learn_scalers_rejects_a_bad_teacher_before_reading_data(template_dir, args, message):
+    result = run([sys.executable, str(ROOT / "training" / "learn_scalers.py"), "--template", str(template_dir), *args,
+                  "--data", "no-such-dataset"], check=False)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_learn_scalers_rejects_mixed_size_arguments(template_dir):

@@ -80,6 +80,8 @@ class TrainConfig:
     batch_size: int = _opt(256, "images per optimizer step, over all processes")
     grad_accum: int = _opt(1, "micro-batches per step")
     lr: float = _opt(1.0e-3, "peak AdamW learning rate")
+    scaler_lr_scale: float = _opt(1.0, "method=sweet: learning-rate multiplier of the anchors' scalers (X, U, V), which only "
+                                       "the steps that draw their anchor update; the cores and the head keep lr")
     min_lr: float = _opt(1.0e-5, "final learning rate of the cosine schedule")
     warmup_steps: int = _opt(200, "linear warmup steps")
     weight_decay: float = _opt(0.05, "AdamW weight decay (not on biases, norms and 1-d parameters)")
@@ -132,7 +134,7 @@ class TrainConfig:
 
 _CHOICES = {"method": ("sweet", "poa", "single"), "teacher": ("none", "ema"), "mixed_precision": (None, "no", "bf16", "fp16")}
 _POSITIVE_INTS = ("max_steps", "batch_size", "grad_accum", "save_every", "save_total_limit", "log_every", "n_global", "local_size")
-_FLOATS = ("lr", "min_lr", "weight_decay", "clip_grad", "temperature", "ema_momentum", "jitter", "width_scaling_p", "depth_scaling_p", "recon_weight",
+_FLOATS = ("lr", "scaler_lr_scale", "min_lr", "weight_decay", "clip_grad", "temperature", "ema_momentum", "jitter", "width_scaling_p", "depth_scaling_p", "recon_weight",
            "mask_ratio", "mim_weight")
 _SECTIONS = {"poa": PoaSettings, "final_eval": EvalSettings}
 
@@ -214,6 +216,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}.")
     if not 0 <= cfg.width_scaling_p <= 1 or not 0 <= cfg.depth_scaling_p <= 1:
         raise ConfigError("width_scaling_p and depth_scaling_p are probabilities in [0, 1].")
+    if cfg.scaler_lr_scale <= 0 or (cfg.scaler_lr_scale != 1 and cfg.method != "sweet"):
+        raise ConfigError(f"scaler_lr_scale must be > 0 and only applies to method=sweet (the other methods have no scalers), "
+                          f"got {cfg.scaler_lr_scale} with method={cfg.method!r}.")
     if cfg.temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {cfg.temperature}.")
     if cfg.recon_weight < 0:

@@ -12,7 +12,7 @@ or the learned ones a second run continues).
 The size's X, X_vec, U, V start from the template's scalers of that size: the derived ones (the
 zero-cost initialization used for any size without a scaler file), or its learned ones if it
 ships them (a run with more images or steps then continues them). They are trained to reproduce, token by token, the features
-of the template's largest anchor. Student and teacher have different widths, so both are
+of the template's largest anchor (``--teacher DxW``: another anchor, e.g. the one a small size is derived from). Student and teacher have different widths, so both are
 compared in the template's r-space (``tokens @ U / sqrt(width)``), the space the pre-training
 projection head reads. Only the scaler file, config.json and the model card of the template
 folder are rewritten; template.safetensors is never touched.
@@ -41,10 +41,11 @@ __all__ = ["learn_scalers", "main"]
 
 
 def learn_scalers(template: SweetTemplate, depth: int, width: int, images: Tensor, steps: int = 300, batch_size: int = 128,
-                  lr: float = 1e-3, seed: int = 0, accelerator=None, progress: bool = True) -> dict[str, Any]:
+                  lr: float = 1e-3, seed: int = 0, accelerator=None, progress: bool = True,
+                  teacher: tuple[int, int] | None = None) -> dict[str, Any]:
     """:meth:`SweetTemplate.learn_scalers` (kept as a function for scripts written against 0.1)."""
     return template.learn_scalers(depth, width, images, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                                  accelerator=accelerator, progress=progress)
+                                  accelerator=accelerator, progress=progress, teacher=teacher)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--teacher", metavar="DxW", help="the anchor whose tokens the new scalers copy (default: the largest anchor)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-if-better", action="store_true",
                         help="store the learned scalers of a size only if their k-NN on held-out *train* images (labels needed; "
@@ -79,8 +81,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise DataError(f"--template must be a local template folder (the learned scalers are written into it); "
                             f"download a Hub template first with `hf download {args.template} --local-dir DIR`.")
         template = SweetTemplate.from_pretrained(folder)
+        teacher = parse_size(args.teacher) if args.teacher else None
         for depth, width in sizes:
-            template.config.check_size(depth, width)
+            template.scaler_teacher(depth, width, teacher)  # a bad size or teacher fails before any data is read
         cfg = template.config
         data = load_image_tensors(args.data, "train", cfg.img_size, cfg.in_chans).subset(args.num_images, args.seed)
         validation = _validation_protocol(args.data, cfg) if args.keep_if_better else None
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         start = "previous" if template.has_scalers(depth, width) else "derived"  # what the run starts from and must beat
         previous = dict(template.scaler_info.get(key, {}))  # a copy: learning in place replaces these facts
         facts = learn_scalers(candidate, depth, width, data.images, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              seed=args.seed, accelerator=accelerator, progress=accelerator.is_local_main_process)
+                              seed=args.seed, accelerator=accelerator, progress=accelerator.is_local_main_process, teacher=teacher)
         facts["data"] = f"{args.data} train, {len(data)} images, no labels"
         candidate.scaler_info[key]["data"] = facts["data"]
         if start == "previous":  # the card then tells the whole history of these scalers

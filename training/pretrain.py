@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import yaml
 from timm.optim import param_groups_weight_decay
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -130,6 +131,22 @@ def load_initial_template(template, source: str) -> None:
     template.load_state_dict({k: v for k, v in initial.state_dict().items() if k in wanted})
 
 
+def param_groups(method: nn.Module, weight_decay: float, scaler_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """timm's weight-decay groups (none on biases, norms, 1-d tensors), each split into the template's
+    scalers and the rest when the scalers get another learning rate (``lr_scale``, timm's key for it)."""
+    groups = param_groups_weight_decay(method, weight_decay)
+    if scaler_lr_scale == 1:
+        return groups
+    scalers = {id(p) for name, p in method.named_parameters() if name.startswith("template.scalers.")}
+    split = []
+    for group in groups:
+        for is_scaler, scale in ((False, 1.0), (True, scaler_lr_scale)):
+            params = [p for p in group["params"] if (id(p) in scalers) == is_scaler]
+            if params:
+                split.append({**group, "params": params, "lr_scale": scale})
+    return split
+
+
 def _progress(step: int, max_steps: int, seconds: float, budget: float | None) -> float:
     """Fraction of the run done: by steps, or by elapsed training time when a time budget is set."""
     fraction = step / max_steps
@@ -221,7 +238,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         data = data.subset(cfg.num_images, cfg.seed)
     method = build_method(cfg)
     teacher = EMATeacher(method, cfg.ema_momentum) if cfg.teacher == "ema" else None
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(method, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups(method, cfg.weight_decay, cfg.scaler_lr_scale), lr=cfg.lr, betas=(0.9, 0.95))
     method, optimizer = accelerator.prepare(method, optimizer)
     state = TrainState(cfg.to_dict())
     accelerator.register_for_checkpointing(state)
@@ -261,7 +278,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         lr = cosine_schedule(step, max_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr,
                              progress=progress if budget else None)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         size = raw.sample_size(random.Random(step_seed(cfg.seed, step, 0, 0)))
         loss_sum = 0.0
         for micro in range(ga):
