@@ -203,10 +203,11 @@ def test_scaler_lr_scale_is_refused_for_methods_without_scalers():
 
 
 def test_scaler_lr_scale_moves_only_the_scalers_faster():
-    """scaler_lr_scale splits timm's weight-decay groups into scalers and the rest; the schedule multiplies each group's lr
-    by its lr_scale, so after one step the scalers sit at 3x the lr and every parameter is in exactly one group."""
+    """scaler_lr_scale splits timm's weight-decay groups into scalers and the rest (every parameter in exactly one group);
+    set_lr, what the schedule calls each step, then puts the scalers at 3x the rate and everything else at the rate."""
     from training.config import load_config
     from training.pretrain import build_method, param_groups
+    from training.selfsup import set_lr
 
     cfg = load_config(ROOT / "training" / "configs" / "tiny.yaml", ["scaler_lr_scale=3"])
     method = build_method(cfg)
@@ -217,6 +218,9 @@ def test_scaler_lr_scale_moves_only_the_scalers_faster():
     for group in groups:
         in_scalers = {names[id(p)].startswith("template.scalers.") for p in group["params"]}
         assert in_scalers == {group["lr_scale"] == 3.0}
+    optimizer = torch.optim.AdamW(groups, lr=1.0)
+    set_lr(optimizer, 2e-3)
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == [pytest.approx(2e-3), pytest.approx(6e-3)]
     assert len(param_groups(method, cfg.weight_decay, 1.0)) == 2 and "lr_scale" not in param_groups(method, cfg.weight_decay)[0]
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweet_hub.knn import extract_features, knn_accuracy
 from training.data import ImageTensors, load_image_tensors, normalize
-from training.selfsup import cosine_schedule
+from training.selfsup import cosine_schedule, set_lr
 
 __all__ = ["EvalProtocol", "evaluate_model", "extract_features", "finetune", "knn_accuracy", "linear_probe", "pixel_baselines",
            "raw_pixel_knn"]
@@ -57,8 +57,7 @@ def finetune(model: nn.Module, train: ImageTensors, test: ImageTensors, mean, st
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = cosine_schedule(step, steps, max(1, steps // 10), lr, 0.0)
+        set_lr(opt, cosine_schedule(step, steps, max(1, steps // 10), lr, 0.0))
         idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen)
         images = train.images[idx]
         flip = torch.rand(len(idx), generator=gen) < 0.5

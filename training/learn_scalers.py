@@ -11,8 +11,9 @@ or the learned ones a second run continues).
 
 The size's X, X_vec, U, V start from the template's scalers of that size: the derived ones (the
 zero-cost initialization used for any size without a scaler file), or its learned ones if it
-ships them (a run with more images or steps then continues them). They are trained to reproduce, token by token, the features
-of the template's largest anchor (``--teacher DxW``: another anchor, e.g. the one a small size is derived from). Student and teacher have different widths, so both are
+ships them (a run with more images or steps then continues them). They are trained to reproduce,
+token by token, the features of the template's largest anchor (``--teacher DxW``: another anchor,
+e.g. the one a small size is derived from). Student and teacher have different widths, so both are
 compared in the template's r-space (``tokens @ U / sqrt(width)``), the space the pre-training
 projection head reads. Only the scaler file, config.json and the model card of the template
 folder are rewritten; template.safetensors is never touched.

@@ -44,7 +44,7 @@ from training.checkpoints import latest_complete_checkpoint, save_checkpoint
 from training.config import ConfigError, TrainConfig, config_help, load_config, set_cpu_threads
 from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors
 from training.methods import PretrainMethod
-from training.selfsup import EMATeacher, cosine_schedule, random_patch_masks
+from training.selfsup import EMATeacher, cosine_schedule, random_patch_masks, set_lr
 
 
 class TrainState:
@@ -277,8 +277,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         progress = _progress(step, max_steps, state.train_seconds, budget)
         lr = cosine_schedule(step, max_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr,
                              progress=progress if budget else None)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_lr(optimizer, lr)
         size = raw.sample_size(random.Random(step_seed(cfg.seed, step, 0, 0)))
         loss_sum = 0.0
         for micro in range(ga):

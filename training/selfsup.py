@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 __all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "apply_patch_masks", "contrastive_loss", "cosine_schedule",
-           "gather_batches", "patchify", "pooled_and_tokens", "random_patch_masks"]
+           "gather_batches", "patchify", "pooled_and_tokens", "random_patch_masks", "set_lr"]
 
 
 class ProjectionHead(nn.Module):
@@ -201,6 +201,12 @@ class FunctionalViT:
         model = self.skeleton(depth, width, num_heads)
         weights = {k: v for k, v in state.items() if not k.startswith("head.")}
         return functional_call(model, weights, (images,), strict=True, tie_weights=False)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's rate to ``lr`` times its ``lr_scale`` (timm's key; 1 when absent)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def cosine_schedule(step: int, total: int, warmup: int, base: float, final: float, progress: float | None = None) -> float:
