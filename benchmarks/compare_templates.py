@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-size", type=int, default=5000)
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--out", default=str(RESULTS / "compare_templates.json"))
+    parser.add_argument("--heading", default="Is a new template better? (templates side by side)",
+                        help="the README section's heading")
+    parser.add_argument("--note", help="what the templates are and what the comparison decided (kept in the JSON, shown in "
+                                       "the README under the table)")
     args = parser.parse_args(argv)
     labels = args.labels or args.templates
     if len(labels) != len(args.templates):
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "rows": score_sizes(template, args.sizes, protocol)})
     result = {"command": command("compare_templates.py", argv), "protocol": protocol.description,
               "pixels": {k: round(v, 2) for k, v in pixel_baselines(protocol).items()},
-              "torch_threads": torch.get_num_threads(), "templates": entries}
+              "torch_threads": torch.get_num_threads(), "heading": args.heading, "note": args.note, "templates": entries}
     save_result(result, args.out, plot)
     return result
 

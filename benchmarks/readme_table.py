@@ -322,20 +322,11 @@ def _training_facts(entry: dict[str, Any]) -> str:
             + made)
 
 
-COMPARISONS = {  # result name -> (heading, what the comparison decided)
-    "compare_templates": ("Is a new template better? (templates side by side)", ""),
-    "compare_scalers": ("Relearned scalers (the bundled template's weights, its learned scalers learned further)",
-                        " 'before' is sweet_hub/fmnist as committed before the relearning (`git archive` into "
-                        "out/bundled_before); 'relearned' is the folder the scalers were learned in (out/t256), copied into "
-                        "sweet_hub/fmnist. The first table's bundled 'k-NN' cells of learned sizes were measured "
-                        "with those earlier scalers."),
-}
-
-
 def compare_section(r: dict[str, Any], name: str = "compare_templates") -> list[str]:
-    """Templates side by side on the validation protocol: shipped scalers, and weights only (derived where learned ship)."""
+    """Templates side by side on the validation protocol: shipped scalers, and weights only (derived where learned ship).
+    The heading and the note saying what the templates are come from the run (``--heading``, ``--note``)."""
     entries = r["templates"]
-    heading, context = COMPARISONS[name]
+    heading, context = r.get("heading", "Is a new template better? (templates side by side)"), (f" {r['note']}" if r.get("note") else "")
     lines = [
         f"### {heading}",
         "",
@@ -365,13 +356,23 @@ def compare_section(r: dict[str, Any], name: str = "compare_templates") -> list[
     return lines + ["", f"![templates side by side](benchmarks/results/{name}.png)", ""]
 
 
+def _of_it(share: Fraction) -> str:
+    return "all of it" if share == 1 else str(share)
+
+
 def _budget_shares(r: dict[str, Any]) -> str:
-    """Which variants got only part of the budget (per-size runs of one anchor: three trained one by one share it)."""
-    parts = [f"`{name}` gets {Fraction(v['changes']['budget_fraction']).limit_denominator(12)} of it"
-             for name, v in r["variants"].items() if v["changes"].get("budget_fraction", 1) != 1]
-    if not parts:
-        return ""
-    return "; " + ", ".join(parts) + ", as one of three anchors pre-trained one by one would"
+    """Which variants got only part of the budget: per-size runs of one anchor (three trained one by one share it), and
+    phases chained with ``initial_from`` (a later phase's row counts the phases before it)."""
+    variants = r["variants"]
+    share = lambda v: Fraction(v["changes"].get("budget_fraction", 1)).limit_denominator(12)
+    later = {name: v["changes"]["initial_from"] for name, v in variants.items() if "initial_from" in v["changes"]}
+    phases = set(later) | set(later.values())
+    single = [f"`{name}` gets {share(v)} of it" for name, v in variants.items() if share(v) != 1 and name not in phases]
+    chained = [f"`{name}` starts from `{parent}`'s template and trains for {share(variants[name])} of the budget after "
+               f"{_of_it(share(variants[parent])) if parent in variants else 'a run'} in `{parent}` (its row counts both)"
+               for name, parent in later.items()]
+    parts = ([", ".join(single) + ", as one of three anchors pre-trained one by one would"] if single else []) + chained
+    return "; " + "; ".join(parts) if parts else ""
 
 
 def recipe_section(r: dict[str, Any]) -> list[str]:

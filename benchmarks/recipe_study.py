@@ -88,6 +88,43 @@ PLANS: dict[str, dict[str, Any]] = {
             # of the steps, the shared cores on all; next to the base re-run in this round
             "r192_scaler_lr3": {**R192, "scaler_lr_scale": 3.0},
             "crops_r192_rerun2": R192,
+            # round 13: anchors trained one after another instead of side by side. Phase 1 trains the template at the 8x192
+            # anchor alone (round 11's 77.0 at 8x192) for 2/3 of the budget; phase 2 ("initial_from") starts from it and
+            # trains all anchors for the last 1/3, either with the recipe as is or with the shared cores at a tenth of the
+            # rate (scalers at the usual 1e-3), so the smaller anchors' scalers catch up without pulling the cores away
+            "r192_only8_p1": {**R192, "anchor_weights": [0, 0, 1], "width_scaling_p": 0.0, "lr": 3.0e-3, "budget_fraction": 2 / 3},
+            "r192_two_phase": {**R192, "initial_from": "r192_only8_p1", "budget_fraction": 1 / 3},
+            "r192_two_phase_slowcore": {**R192, "initial_from": "r192_only8_p1", "budget_fraction": 1 / 3, "lr": 1.0e-4,
+                                        "scaler_lr_scale": 10.0},
+            "crops_r192_rerun3": R192,
+            # round 14: round 13's two phases again with another seed, and with the budget split 1/2 + 1/2 (phase 2's
+            # 4 min gave each smaller anchor ~27 steps)
+            "r192_only8_p1_s1": {**R192, "anchor_weights": [0, 0, 1], "width_scaling_p": 0.0, "lr": 3.0e-3, "budget_fraction": 2 / 3,
+                                 "seed": 1},
+            "r192_two_phase_s1": {**R192, "initial_from": "r192_only8_p1_s1", "budget_fraction": 1 / 3, "seed": 1},
+            "r192_only8_p1_half": {**R192, "anchor_weights": [0, 0, 1], "width_scaling_p": 0.0, "lr": 3.0e-3, "budget_fraction": 1 / 2},
+            "r192_two_phase_half": {**R192, "initial_from": "r192_only8_p1_half", "budget_fraction": 1 / 2},
+            # round 15: the anchors side by side in one update instead of one per step: every step trains the largest
+            # anchor and one smaller size (sandwich rule), with the smaller size's targets its own or the largest's
+            # (in-place distillation, as slimmable networks and BigNAS train their sub-networks)
+            "r192_sandwich": {**R192, "sandwich": True},
+            "r192_sandwich_kd": {**R192, "sandwich": True, "inplace_distill": True},
+            # round 16: rounds 13-15 read as "8x192's score follows the time spent at it, the other anchors neither help nor
+            # hurt it"; width-wise scaling narrows half the steps of every anchor, so fewer (or no) stochastic widths
+            "r192_wss0": {**R192, "width_scaling_p": 0.0},
+            "r192_wss0.25": {**R192, "width_scaling_p": 0.25},
+            # round 17: round 16's lead of width_scaling_p=0 (+0.7 k-NN at the anchors, +1.1 probe) with seed 1, beside the
+            # base with seed 1 on the same machine
+            "r192_wss0_s1": {**R192, "width_scaling_p": 0.0, "seed": 1},
+            "crops_r192_rerun3_s1": {**R192, "seed": 1},
+            # round 18: bf16 autocast (this CPU has AVX512-BF16; an 8x192 step ran 13% more images per second, alone on
+            # one thread), and per-size 8x192 with the whole budget re-run on the machine of rounds 13-17
+            "r192_bf16": {**R192, "mixed_precision": "bf16"},
+            "single_8x192_full_rerun": {**GENTLE, "method": "single", "size": [8, 192]},
+            # round 19: round 11's lr 3e-3, which the form needs at an anchor, on the shared cores and the head only (the
+            # anchors' scalers at 1e-3: scaler_lr_scale=1/3); the whole recipe at 3e-3 lost and 3x on the scalers was noise
+            "r192_core_lr3": {**R192, "lr": 3.0e-3, "scaler_lr_scale": 1 / 3},
+            "crops_r192_rerun4": R192,
         },
     },
     "quick": {
@@ -97,7 +134,8 @@ PLANS: dict[str, dict[str, Any]] = {
                    "num_images": 256, "n_local": 1},
         "sizes": [[2, 32], [3, 48], [4, 64]],
         "eval": {"train_size": 300, "test_size": 200},
-        "variants": {"base": {}, "crops": GENTLE, "single": {"method": "single", "size": [3, 48], "budget_fraction": 0.5}},
+        "variants": {"base": {}, "crops": GENTLE, "single": {"method": "single", "size": [3, 48], "budget_fraction": 0.5},
+                     "base_then_crops": {**GENTLE, "initial_from": "base", "budget_fraction": 0.5}},
     },
 }
 
@@ -110,6 +148,8 @@ def run_variant(name: str, changes: dict[str, Any], plan: dict[str, Any], run_di
         return json.loads(summary.read_text())
     changes = dict(changes)
     budget = plan["budget_minutes"] * changes.pop("budget_fraction", 1.0)
+    if "initial_from" in changes:  # a later phase: starts from the template another variant saved
+        changes["initial_template"] = str(run_dir / changes.pop("initial_from") / "template")
     final_eval = {"sizes": plan["sizes"], **plan["eval"], "holdout": True, "probe": True, "random_init": False, "raw_pixels": False}
     settings = {**plan["common"], **changes, "output_dir": str(out), "num_threads": threads, "time_budget_minutes": budget,
                 "final_eval": final_eval}
@@ -158,15 +198,30 @@ def baselines(plan: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def summarize(name: str, changes: dict[str, Any], summary: dict[str, Any], run_dir: Path, anchors: list[list[int]]) -> dict[str, Any]:
+def phases(name: str, variants: dict[str, dict[str, Any]]) -> list[str]:
+    """The variant and the variants it starts from (``initial_from``), earliest first."""
+    chain = [name]
+    while (parent := variants[chain[0]].get("initial_from")) is not None:
+        if parent not in variants or parent in chain:
+            raise ValueError(f"variant {chain[0]!r}: initial_from={parent!r} must name another variant, without cycles")
+        chain.insert(0, parent)
+    return chain
+
+
+def summarize(name: str, variants: dict[str, dict[str, Any]], summaries: dict[str, dict[str, Any]], run_dir: Path,
+              anchors: list[list[int]]) -> dict[str, Any]:
+    """One variant's row. A later phase counts the images, seconds and steps of the phases before it, so chained
+    variants are read at the budget they used in all."""
+    changes, summary = variants[name], summaries[name]
     rows = {f"{r['depth']}x{r['width']}": {"knn": r["knn"], "linear_probe": r.get("linear_probe"), "init": r["init"]}
             for r in summary["metrics"]["sizes"] if r.get("available", True)}
     anchor_keys = {f"{d}x{w}" for d, w in anchors}
     mean = lambda keys, m: round(sum(rows[k][m] for k in keys) / len(keys), 2) if keys else None
     seen = [k for k in rows if k in anchor_keys]
     unseen = [k for k in rows if k not in anchor_keys]
-    out = {"changes": changes, "images_seen": summary["images_seen"], "train_seconds": summary["train_seconds"],
-           "steps": summary["steps"], "sizes": rows,
+    total = lambda key: sum(summaries[n][key] for n in phases(name, variants))
+    out = {"changes": changes, "images_seen": total("images_seen"), "train_seconds": round(total("train_seconds"), 1),
+           "steps": total("steps"), "sizes": rows,
            "mean_knn_anchors": mean(seen, "knn"), "mean_knn_unseen": mean(unseen, "knn"),
            "mean_probe_anchors": mean(seen, "linear_probe"), "mean_probe_unseen": mean(unseen, "linear_probe")}
     template_dir = run_dir / name / "template"
@@ -217,15 +272,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(plan['variants'])}")
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
+    # every variant with the phases it starts from; by chain length, so no worker waits on a phase queued behind it
+    needed = sorted(dict.fromkeys(n for name in names for n in phases(name, plan["variants"])),
+                    key=lambda n: len(phases(n, plan["variants"])))
+
+    def run_after_parent(name: str) -> dict[str, Any]:
+        parent = plan["variants"][name].get("initial_from")
+        if parent is not None:
+            futures[parent].result()  # submitted before this one, so it is running or done
+        return run_variant(name, plan["variants"][name], plan, run_dir, threads, args.force and name in names)
+
     with ThreadPoolExecutor(args.parallel) as pool:
-        futures = {n: pool.submit(run_variant, n, plan["variants"][n], plan, run_dir, threads, args.force) for n in names}
+        futures: dict[str, Any] = {}
+        for name in needed:
+            futures[name] = pool.submit(run_after_parent, name)
         summaries = {n: f.result() for n, f in futures.items()}
 
     previous = json.loads(out.read_text()) if out.is_file() and args.only else {}
     variants = dict(previous.get("variants", {}))
     anchors = plan["common"]["template.anchors"]
-    for name in names:
-        variants[name] = summarize(name, plan["variants"][name], summaries[name], run_dir, anchors)
+    for name in needed:
+        variants[name] = summarize(name, plan["variants"], summaries, run_dir, anchors)
     result = {
         "command": command("recipe_study.py", argv), "budget_minutes": plan["budget_minutes"], "threads_per_run": threads,
         "parallel_runs": args.parallel, "protocol": "validation: k-NN (cosine, k=20, T=0.07) and linear probe; "
@@ -235,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # one entry per invocation, so a table assembled from several rounds says which command measured what
         "invocations": [*previous.get("invocations", []), {"command": command("recipe_study.py", argv), "variants": names}],
     }
-    for name in names:
+    for name in needed:
         v = variants[name]
         print(f"{name:14s} anchors k-NN {v['mean_knn_anchors']}  unseen k-NN {v['mean_knn_unseen']}  "
               f"probe {v['mean_probe_anchors']}/{v['mean_probe_unseen']}  images {v['images_seen']:,}")

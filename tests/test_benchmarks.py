@@ -112,7 +112,7 @@ def test_compare_templates_small(tmp_path, template_dir):
     other.save_pretrained(tmp_path / "other")
     result = compare_templates.main(["--templates", str(template_dir), str(tmp_path / "other"), "--labels", "a", "b",
                                      "--sizes", "2x32", "3x48", "--train-size", "300", "--test-size", "200",
-                                     "--out", str(tmp_path / "cmp.json")])
+                                     "--out", str(tmp_path / "cmp.json"), "--heading", "a or b?", "--note", "b is a with seed 1."])
     a, b = result["templates"]
     assert [r["size"] for r in a["rows"]] == ["2x32", "3x48"] and a["rows"][1]["scalers"].startswith("derived")
     learned = b["rows"][1]
@@ -122,6 +122,7 @@ def test_compare_templates_small(tmp_path, template_dir):
     assert (tmp_path / "cmp.png").stat().st_size > 0
     section = "\n".join(readme_table.compare_section(result))
     assert "b - a, weights only" in section and "over 2 sizes" in section
+    assert section.startswith("### a or b?") and "b is a with seed 1." in section  # the run says what it compared
     with pytest.raises(SystemExit):
         compare_templates.main(["--templates", str(template_dir), "--labels", "a", "b", "--out", str(tmp_path / "x.json")])
 
@@ -155,8 +156,16 @@ def test_recipe_study_quick(tmp_path):
     import recipe_study
 
     result = recipe_study.main(["--quick", "--run-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "rs.json")])
-    assert set(result["variants"]) == {"base", "crops", "single"}
-    base = result["variants"]["base"]
+    assert set(result["variants"]) == {"base", "crops", "single", "base_then_crops"}
+    base, chained = result["variants"]["base"], result["variants"]["base_then_crops"]
+    # a later phase starts from the earlier phase's template and is read at the budget of both
+    own = json.loads((tmp_path / "runs" / "base_then_crops" / "summary.json").read_text())
+    assert chained["images_seen"] == base["images_seen"] + own["images_seen"] > base["images_seen"]
+    import readme_table
+
+    section = "\n".join(readme_table.recipe_section(result))
+    assert "`base_then_crops` starts from `base`'s template and trains for 1/2 of the budget after all of it in `base`" in section
+    assert "`single` gets 1/2 of it, as one of three anchors" in section
     assert base["mean_knn_anchors"] is not None and base["mean_knn_unseen"] is not None and base["materialize_ms"]["ms"] > 0
     assert result["variants"]["single"]["mean_knn_unseen"] is None  # one size: nothing unseen
     assert {"raw_pixels_knn", "centred_pixels_knn", "pixels_linear_probe", "random_init"} <= set(result["baselines"])

@@ -187,12 +187,63 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     ("mim_weight=1", "mim_weight=1.0 needs mask_ratio > 0"),
     ("mim_separate=true", "only applies with mim_weight > 0"),
     ("scaler_lr_scale=0", "scaler_lr_scale must be > 0"),
+    ("inplace_distill=true", "it needs sandwich=true"),
+    ("sandwich=3", "sandwich and inplace_distill are true or false"),
+    ("template.anchors=[[3,48]]\nsandwich=true", "needs method=sweet and two or more anchors"),
+    ("sandwich=true\nanchor_weights=[0,1]", "gives them no weight"),
 ])
 def test_bad_config_is_a_clear_error(override, message):
     from training.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=message):
-        load_config(ROOT / "training" / "configs" / "tiny.yaml", [override])
+        load_config(ROOT / "training" / "configs" / "tiny.yaml", override.split("\n"))
+
+
+def test_mixed_precision_no_is_accelerates_spelling_not_a_yaml_boolean():
+    from training.config import load_config
+
+    assert load_config(ROOT / "training" / "configs" / "tiny.yaml", ["mixed_precision=no"]).mixed_precision == "no"
+
+
+def test_sandwich_trains_the_largest_anchor_every_step_beside_a_smaller_size():
+    """sandwich: the sampled size is never the largest anchor, and the loss is the largest anchor's plus the sampled
+    size's; inplace_distill: the sampled size's targets are the largest anchor's global embeddings, which its term
+    does not train (no gradient reaches the largest anchor's scalers from it)."""
+    import random
+
+    from training.config import load_config
+    from training.methods import SizeChoice
+    from training.pretrain import build_method
+
+    def method_for(*overrides: str):
+        torch.manual_seed(0)
+        return build_method(load_config(ROOT / "training" / "configs" / "tiny.yaml", list(overrides)))
+
+    plain, sandwich, distill = method_for(), method_for("sandwich=true"), method_for("sandwich=true", "inplace_distill=true")
+    largest = plain.teacher_size
+    assert all(sandwich.sample_size(random.Random(i)).anchor != largest for i in range(50))
+    assert any(plain.sample_size(random.Random(i)).anchor == largest for i in range(50))
+    torch.manual_seed(1)
+    views, local = [torch.randn(8, 1, 28, 28) for _ in range(2)], [torch.randn(8, 1, 14, 14)]
+    small = sandwich.sample_size(random.Random(0))
+    expected = plain(views, local, SizeChoice(largest, *largest)) + plain(views, local, small)
+    assert sandwich(views, local, small).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert distill(views, local, small).item() != pytest.approx(expected.item(), rel=1e-3)
+    # the distilled loss is the largest anchor's own plus the small size's against its (detached) embeddings
+    from training.methods import student_objective_and_views
+
+    def objective(at: SizeChoice, targets):
+        return student_objective_and_views(lambda groups: distill.features(at, groups), distill.head, views, local, targets,
+                                           0.2, None, distill.patch_size)
+
+    largest_loss, largest_views = objective(SizeChoice(largest, *largest), None)
+    small_term = objective(small, [v.detach() for v in largest_views[:2]])[0]
+    assert distill(views, local, small).item() == pytest.approx((largest_loss + small_term).item(), rel=1e-5)
+    small_term.backward()
+    from sweet_hub.config import size_key
+
+    assert all(p.grad is None for p in distill.template.scalers[size_key(*largest)].parameters())
+    assert any(p.grad is not None for p in distill.template.scalers[size_key(*small.anchor)].parameters())
 
 
 def test_scaler_lr_scale_is_refused_for_methods_without_scalers():

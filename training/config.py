@@ -111,6 +111,10 @@ class TrainConfig:
     width_scaling_max: int | None = _opt(None, "largest stochastic width (None: the largest anchor width)")
     depth_scaling_p: float = _opt(0.0, "probability of a random depth between the anchors' per step")
     anchor_weights: list[float] | None = _opt(None, "sampling weight per anchor (None: uniform)")
+    sandwich: bool = _opt(False, "method=sweet: every step trains the largest anchor and one sampled smaller one (the "
+                                 "sandwich rule of slimmable networks), their losses summed into one update")
+    inplace_distill: bool = _opt(False, "with sandwich: the smaller size's targets are the largest anchor's embeddings of "
+                                        "the global views in the same step (no gradient), instead of its own")
     # bookkeeping
     save_every: int = _opt(250, "checkpoint every N steps")
     save_total_limit: int = _opt(2, "checkpoints kept")
@@ -202,6 +206,8 @@ def _validate(cfg: TrainConfig) -> None:
             setattr(cfg, key, float(getattr(cfg, key)))
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be a number, got {getattr(cfg, key)!r}.") from None
+    if cfg.mixed_precision is False:  # YAML 1.1 reads a bare `no` (mixed_precision=no, as accelerate spells it) as false
+        cfg.mixed_precision = "no"
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise ConfigError(f"{key}={getattr(cfg, key)!r} is not one of {choices}.")
@@ -244,6 +250,17 @@ def _validate(cfg: TrainConfig) -> None:
     if weights is not None and (not isinstance(weights, list) or len(weights) != len(tcfg.anchors)
                                 or not all(isinstance(w, (int, float)) and w >= 0 for w in weights) or not sum(weights)):
         raise ConfigError(f"anchor_weights must list one non-negative weight per anchor ({len(tcfg.anchors)}), got {weights!r}.")
+    if not isinstance(cfg.sandwich, bool) or not isinstance(cfg.inplace_distill, bool):
+        raise ConfigError(f"sandwich and inplace_distill are true or false, got {cfg.sandwich!r} and {cfg.inplace_distill!r}.")
+    if cfg.sandwich and (cfg.method != "sweet" or len(tcfg.anchors) < 2):
+        raise ConfigError(f"sandwich pairs the largest anchor with a smaller one, so it needs method=sweet and two or more "
+                          f"anchors; got method={cfg.method!r} with {len(tcfg.anchors)} anchor(s).")
+    if cfg.inplace_distill and (not cfg.sandwich or cfg.teacher == "ema"):
+        raise ConfigError("inplace_distill takes the smaller size's targets from the largest anchor of the same step: it needs "
+                          f"sandwich=true and teacher=none (got sandwich={cfg.sandwich}, teacher={cfg.teacher!r}).")
+    if cfg.sandwich and weights is not None and not sum(w for a, w in zip(tcfg.anchors, weights) if a != tcfg.largest_anchor):
+        raise ConfigError(f"with sandwich the smaller size is drawn from the anchors other than the largest, but "
+                          f"anchor_weights={weights!r} gives them no weight.")
     wmax = cfg.width_scaling_max
     if wmax is not None and (not isinstance(wmax, int) or wmax < max(w for _, w in tcfg.anchors)):
         raise ConfigError(f"width_scaling_max must be an integer >= the largest anchor width, got {wmax!r}.")

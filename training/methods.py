@@ -7,7 +7,8 @@ artefact (``save_artefact``).
 
 - ``SweetMethod``: the SWEET template. Each step samples an anchor size, optionally replaces its
   width (and depth) by a random one whose scalers are resampled from the anchor's (width-wise
-  stochastic scaling), materializes the weights inside the step and runs them as a timm ViT.
+  stochastic scaling), materializes the weights inside the step and runs them as a timm ViT. With
+  ``sandwich`` the largest anchor is trained in every step as well, in the same update.
 - ``SingleMethod``: one ordinary timm ViT of a fixed size (per-size pre-training baseline, and the
   plain-timm reference of the overhead benchmark).
 - ``POAMethod`` (poa.py): the elastic-network baseline.
@@ -82,7 +83,7 @@ class SweetMethod(nn.Module):
     def __init__(self, template: SweetTemplate, width_scaling_p: float = 0.5, depth_scaling_p: float = 0.0,
                  proj_hidden: int = 512, proj_dim: int = 128, width_scaling_max: int | None = None,
                  anchor_weights: list[float] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
-                 mim_separate: bool = False) -> None:
+                 mim_separate: bool = False, sandwich: bool = False, inplace_distill: bool = False) -> None:
         super().__init__()
         self.template = template
         cfg = template.config
@@ -95,6 +96,8 @@ class SweetMethod(nn.Module):
         #: anchor width up to width_scaling_max (default: the largest anchor width)
         self.stochastic_widths = list(range(min(widths), (width_scaling_max or max(widths)) + 1, cfg.head_dim))
         self.anchor_weights = anchor_weights
+        #: sandwich: each step also trains the largest anchor; inplace_distill: its embeddings are the smaller size's targets
+        self.sandwich, self.inplace_distill = sandwich, inplace_distill
         self.runner = FunctionalViT(vit_args(cfg, 1, cfg.head_dim))
 
     @property
@@ -106,11 +109,14 @@ class SweetMethod(nn.Module):
         return self.template.config.largest_anchor
 
     def sample_size(self, rng: random.Random) -> SizeChoice:
+        """An anchor (by ``anchor_weights``; with ``sandwich`` never the largest, which every step trains anyway), then
+        width-wise and depth-wise stochastic scaling of it."""
         cfg = self.template.config
-        if self.anchor_weights is None:
-            anchor = rng.choice(cfg.anchors)
-        else:
-            anchor = rng.choices(cfg.anchors, weights=self.anchor_weights)[0]
+        weights = self.anchor_weights
+        if self.sandwich:
+            weights = [0.0 if tuple(a) == cfg.largest_anchor else w for a, w in zip(cfg.anchors, weights or [1.0] * len(cfg.anchors))]
+        # rng.choice without weights: the draws of runs before anchor_weights existed replay unchanged
+        anchor = rng.choice(cfg.anchors) if weights is None else rng.choices(cfg.anchors, weights=weights)[0]
         depth, width = anchor
         if rng.random() < self.width_scaling_p:
             width = rng.choice(self.stochastic_widths)
@@ -138,9 +144,17 @@ class SweetMethod(nn.Module):
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
                 targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None) -> Tensor:
-        """Loss of the student at ``size`` (targets: EMA teacher's, or None for its own)."""
-        return student_objective(lambda groups: self.features(size, groups), self.head, global_views, local_views,
-                                 targets, temperature, masks, self.patch_size)
+        """Loss of the student at ``size`` (targets: EMA teacher's, or None for its own); with ``sandwich``, plus the
+        loss of the largest anchor on the same views."""
+        def objective(at: SizeChoice, goal: list[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
+            return student_objective_and_views(lambda groups: self.features(at, groups), self.head, global_views, local_views,
+                                               goal, temperature, masks, self.patch_size)
+
+        if not self.sandwich:
+            return objective(size, targets)[0]
+        largest_loss, largest_views = objective(SizeChoice(self.teacher_size, *self.teacher_size), targets)
+        goal = [v.detach() for v in largest_views[:len(global_views)]] if self.inplace_distill else targets
+        return largest_loss + objective(size, goal)[0]
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
@@ -218,9 +232,17 @@ def student_objective(features_of, head: ProjectionHead, global_views: list[Tens
     and masked-patch terms the head enables. With ``masks`` the student sees the masked global
     views (or only the masked-patch term does, ``head.mim_separate``); both reconstruction terms are
     scored against the unmasked views."""
+    return student_objective_and_views(features_of, head, global_views, local_views, targets, temperature, masks, patch_size)[0]
+
+
+def student_objective_and_views(features_of, head: ProjectionHead, global_views: list[Tensor], local_views: list[Tensor],
+                                targets: list[Tensor] | None, temperature: float, masks: Tensor | None,
+                                patch_size: int) -> tuple[Tensor, list[Tensor]]:
+    """:func:`student_objective` and the student's projection of every view (in-place distillation reads them)."""
     students, features, tokens = embed_views(features_of, head, global_views, local_views, masks, patch_size)
-    return (student_loss(students, targets, len(global_views), temperature) + head.pixel_loss(features, global_views)
+    loss = (student_loss(students, targets, len(global_views), temperature) + head.pixel_loss(features, global_views)
             + head.masked_patch_loss(tokens, global_views, masks, patch_size))
+    return loss, students
 
 
 def embed_views(features_of, head: ProjectionHead, global_views: list[Tensor], local_views: list[Tensor],
