@@ -326,7 +326,7 @@ def compare_section(r: dict[str, Any], name: str = "compare_templates") -> list[
     """Templates side by side on the validation protocol: shipped scalers, and weights only (derived where learned ship).
     The heading and the note saying what the templates are come from the run (``--heading``, ``--note``)."""
     entries = r["templates"]
-    heading, context = r.get("heading", "Is a new template better? (templates side by side)"), (f" {r['note']}" if r.get("note") else "")
+    heading, context = r["heading"], (f" {r['note']}" if r["note"] else "")
     lines = [
         f"### {heading}",
         "",
@@ -369,7 +369,7 @@ def _budget_shares(r: dict[str, Any]) -> str:
     phases = set(later) | set(later.values())
     single = [f"`{name}` gets {share(v)} of it" for name, v in variants.items() if share(v) != 1 and name not in phases]
     chained = [f"`{name}` starts from `{parent}`'s template and trains for {share(variants[name])} of the budget after "
-               f"{_of_it(share(variants[parent])) if parent in variants else 'a run'} in `{parent}` (its row counts both)"
+               f"{_of_it(share(variants[parent]))} in `{parent}` (its row counts both)"
                for name, parent in later.items()]
     parts = ([", ".join(single) + ", as one of three anchors pre-trained one by one would"] if single else []) + chained
     return "; " + "; ".join(parts) if parts else ""

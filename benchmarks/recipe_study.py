@@ -34,6 +34,7 @@ from common import ROOT, command, pyplot, save_result
 
 GENTLE = {"global_scale": [0.5, 1.0], "local_scale": [0.2, 0.5]}
 R192 = {**GENTLE, "template.ranks": [96, 192, 192]}
+ONLY8 = {**R192, "anchor_weights": [0, 0, 1], "width_scaling_p": 0.0}  # the 8x192 anchor alone, no stochastic widths
 PLANS: dict[str, dict[str, Any]] = {
     "full": {
         "budget_minutes": 12.0,
@@ -78,11 +79,11 @@ PLANS: dict[str, dict[str, Any]] = {
             "r192_mim_sep_s1": {**R192, "mask_ratio": 0.4, "mim_weight": 1.0, "mim_separate": True, "seed": 1},
             # round 10: does the Tucker form itself learn slower than plain weights? SWEET trained at the 8x192 anchor only
             # (no other anchor, no stochastic widths) against per-size 8x192 pre-training, both with the whole budget
-            "r192_only8": {**R192, "anchor_weights": [0, 0, 1], "width_scaling_p": 0.0},
+            "r192_only8": ONLY8,
             "single_8x192_full": {**GENTLE, "method": "single", "size": [8, 192]},
             # round 11: round 10's gap at 8x192 (75.4 vs 77.1) with O(1) factor entries: an Adam step moves the materialized
             # weights by a smaller fraction than plain ones, so a higher learning rate, at the anchor alone and for the recipe
-            "r192_only8_lr3e-3": {**R192, "anchor_weights": [0, 0, 1], "width_scaling_p": 0.0, "lr": 3.0e-3},
+            "r192_only8_lr3e-3": {**ONLY8, "lr": 3.0e-3},
             "r192_lr3e-3": {**R192, "lr": 3.0e-3},
             # round 12: the higher rate only where round 11 suggests it is missing: each anchor's scalers are updated on a third
             # of the steps, the shared cores on all; next to the base re-run in this round
@@ -92,17 +93,16 @@ PLANS: dict[str, dict[str, Any]] = {
             # anchor alone (round 11's 77.0 at 8x192) for 2/3 of the budget; phase 2 ("initial_from") starts from it and
             # trains all anchors for the last 1/3, either with the recipe as is or with the shared cores at a tenth of the
             # rate (scalers at the usual 1e-3), so the smaller anchors' scalers catch up without pulling the cores away
-            "r192_only8_p1": {**R192, "anchor_weights": [0, 0, 1], "width_scaling_p": 0.0, "lr": 3.0e-3, "budget_fraction": 2 / 3},
+            "r192_only8_p1": {**ONLY8, "lr": 3.0e-3, "budget_fraction": 2 / 3},
             "r192_two_phase": {**R192, "initial_from": "r192_only8_p1", "budget_fraction": 1 / 3},
             "r192_two_phase_slowcore": {**R192, "initial_from": "r192_only8_p1", "budget_fraction": 1 / 3, "lr": 1.0e-4,
                                         "scaler_lr_scale": 10.0},
             "crops_r192_rerun3": R192,
             # round 14: round 13's two phases again with another seed, and with the budget split 1/2 + 1/2 (phase 2's
             # 4 min gave each smaller anchor ~27 steps)
-            "r192_only8_p1_s1": {**R192, "anchor_weights": [0, 0, 1], "width_scaling_p": 0.0, "lr": 3.0e-3, "budget_fraction": 2 / 3,
-                                 "seed": 1},
+            "r192_only8_p1_s1": {**ONLY8, "lr": 3.0e-3, "budget_fraction": 2 / 3, "seed": 1},
             "r192_two_phase_s1": {**R192, "initial_from": "r192_only8_p1_s1", "budget_fraction": 1 / 3, "seed": 1},
-            "r192_only8_p1_half": {**R192, "anchor_weights": [0, 0, 1], "width_scaling_p": 0.0, "lr": 3.0e-3, "budget_fraction": 1 / 2},
+            "r192_only8_p1_half": {**ONLY8, "lr": 3.0e-3, "budget_fraction": 1 / 2},
             "r192_two_phase_half": {**R192, "initial_from": "r192_only8_p1_half", "budget_fraction": 1 / 2},
             # round 15: the anchors side by side in one update instead of one per step: every step trains the largest
             # anchor and one smaller size (sandwich rule), with the smaller size's targets its own or the largest's
