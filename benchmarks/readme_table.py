@@ -367,11 +367,13 @@ def _budget_shares(r: dict[str, Any]) -> str:
     share = lambda v: Fraction(v["changes"].get("budget_fraction", 1)).limit_denominator(12)
     later = {name: v["changes"]["initial_from"] for name, v in variants.items() if "initial_from" in v["changes"]}
     phases = set(later) | set(later.values())
-    single = [f"`{name}` gets {share(v)} of it" for name, v in variants.items() if share(v) != 1 and name not in phases]
+    single = [f"`{name}` gets {share(v)} of it" for name, v in variants.items() if share(v) < 1 and name not in phases]
+    longer = [f"`{name}` gets {share(v)} times it" for name, v in variants.items() if share(v) > 1 and name not in phases]
     chained = [f"`{name}` starts from `{parent}`'s template and trains for {share(variants[name])} of the budget after "
                f"{_of_it(share(variants[parent]))} in `{parent}` (its row counts both)"
                for name, parent in later.items()]
     parts = ([", ".join(single) + ", as one of three anchors pre-trained one by one would"] if single else []) + chained
+    parts += [", ".join(longer) + ", to see whether a lead grows with the budget"] if longer else []
     return "; " + "; ".join(parts) if parts else ""
 
 
@@ -384,8 +386,8 @@ def recipe_section(r: dict[str, Any]) -> list[str]:
         "",
         f"Every variant pre-trains for the same wall-clock budget ({r['budget_minutes']:g} min, {r['threads_per_run']} thread, "
         f"{r['parallel_runs']} runs at a time{_budget_shares(r)}). Validation protocol, never the test images: {r['protocol']}. "
-        f"{_pixel_line(b)} on the same protocol. "
-        + ("Rounds: " + "; ".join(f"`{i['command']}`" for i in r["invocations"]) if r.get("invocations") else f"`{r['command']}`"),
+        f"{_pixel_line(b)} on the same protocol. Variants are compared with the base re-run in the same round (throughput "
+        "drifts between rounds and machines); under 1.5 points is noise unless another seed (`_s1`) repeats it.",
         "",
         *md_header("variant", "images seen", "k-NN anchors", "k-NN unseen", "probe anchors", "probe unseen", "materialize",
                    *[s + ("" if s in anchors else " *") for s in sizes]),
@@ -400,9 +402,19 @@ def recipe_section(r: dict[str, Any]) -> list[str]:
                             fmt(v["mean_probe_anchors"]), fmt(v["mean_probe_unseen"]),
                             f"{mat['ms']:.0f} ms ({mat['size']})" if mat else "-", *cells))
     lines += ["", "k-NN (%) per size; * = unseen size (no stored scalers, derived from the nearest anchor). Changes of each "
-              "variant: `benchmarks/recipe_study.py` (PLANS)." + (f" {r['notes']}" if r.get("notes") else ""), "",
+              "variant: `benchmarks/recipe_study.py` (PLANS).", "", *_rounds_details(r), "",
               "![recipe study](benchmarks/results/recipe_study.png)", ""]
     return lines
+
+
+def _rounds_details(r: dict[str, Any]) -> list[str]:
+    """The command of every round and the notes kept with them, folded away: a record to check against, not to read
+    first."""
+    invocations = r.get("invocations") or [{"command": r["command"], "variants": list(r["variants"])}]
+    lines = ["<details><summary>The rounds: commands and notes</summary>", "", *md_header("command", "variants")]
+    escape = lambda text: text.replace("|", "\\|")  # a pipe in a command would end its table cell
+    lines += [md_row(f"`{escape(i['command'])}`", ", ".join(i["variants"])) for i in invocations]
+    return lines + (["", r["notes"]] if r.get("notes") else []) + ["", "</details>"]
 
 
 FIT_NAMES = {"fit_derived": "fit, derived (selection)", "fit_learned": "fit, learned scalers", "weight_selection": "weight selection",

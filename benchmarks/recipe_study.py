@@ -129,6 +129,18 @@ PLANS: dict[str, dict[str, Any]] = {
             # updates them for the largest and a smaller anchor at once, so it is tried at lr 3e-3
             "r192_sandwich_lr3e-3": {**R192, "sandwich": True, "lr": 3.0e-3},
             "crops_r192_rerun5": R192,
+            # round 21: round 20's lead (-0.2 / +1.4 k-NN at anchors / unseen sizes) with seed 1, beside a seed-1 base
+            "r192_sandwich_lr3e-3_s1": {**R192, "sandwich": True, "lr": 3.0e-3, "seed": 1},
+            "crops_r192_rerun5_s1": {**R192, "seed": 1},
+            # round 22: round 21 did not repeat round 20's gain at unseen sizes, but with both seeds the sandwich at lr 3e-3
+            # lifted 8x192 and 12x384 and cost 4x64; so every anchor in each update (4x64 trained every step too), two
+            # seeds against crops_r192_rerun5 / crops_r192_rerun5_s1
+            "r192_sandwich_all_lr3e-3": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3},
+            "r192_sandwich_all_lr3e-3_s1": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "seed": 1},
+            # round 23: round 22 gave +0.65 / +1.2 (seed 0) and -0.05 / +0.25 (seed 1), and every sandwich run so far lifted
+            # the probe at 8x192 and above; whether the lead grows with the budget, both at 3x it (36 min)
+            "long3_crops_r192": {**R192, "budget_fraction": 3},
+            "long3_r192_sandwich_all_lr3e-3": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3},
         },
     },
     "quick": {

@@ -144,6 +144,16 @@ def test_readme_table_renders_existing_results():
     assert section.startswith("## Results")
 
 
+def test_recipe_budget_shares_name_shorter_and_longer_budgets():
+    import readme_table
+
+    variants = {"base": {"changes": {}}, "one_anchor": {"changes": {"budget_fraction": 1 / 3}},
+                "long": {"changes": {"budget_fraction": 3}}}
+    text = readme_table._budget_shares({"variants": variants})
+    assert "`one_anchor` gets 1/3 of it, as one of three anchors" in text
+    assert "`long` gets 3 times it, to see whether a lead grows with the budget" in text and "`base`" not in text
+
+
 def test_soak_samples_rss_per_load(tmp_path):
     import soak
 
@@ -166,6 +176,7 @@ def test_recipe_study_quick(tmp_path):
     section = "\n".join(readme_table.recipe_section(result))
     assert "`base_then_crops` starts from `base`'s template and trains for 1/2 of the budget after all of it in `base`" in section
     assert "`single` gets 1/2 of it, as one of three anchors" in section
+    assert "<details><summary>The rounds" in section and "| base, crops, single, base_then_crops |" in section
     assert base["mean_knn_anchors"] is not None and base["mean_knn_unseen"] is not None and base["materialize_ms"]["ms"] > 0
     assert result["variants"]["single"]["mean_knn_unseen"] is None  # one size: nothing unseen
     assert {"raw_pixels_knn", "centred_pixels_knn", "pixels_linear_probe", "random_init"} <= set(result["baselines"])

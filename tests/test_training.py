@@ -188,7 +188,9 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     ("mim_separate=true", "only applies with mim_weight > 0"),
     ("scaler_lr_scale=0", "scaler_lr_scale must be > 0"),
     ("inplace_distill=true", "it needs sandwich=true"),
-    ("sandwich=3", "sandwich and inplace_distill are true or false"),
+    ("sandwich=3", "sandwich, inplace_distill and sandwich_all are true or false"),
+    ("sandwich_all=true", "it needs sandwich=true and no anchor_weights"),
+    ("sandwich=true\nsandwich_all=true\nanchor_weights=[1,1]", "it needs sandwich=true and no anchor_weights"),
     ("template.anchors=[[3,48]]\nsandwich=true", "needs method=sweet and two or more anchors"),
     ("sandwich=true\nanchor_weights=[0,1]", "gives them no weight"),
 ])
@@ -203,6 +205,31 @@ def test_mixed_precision_no_is_accelerates_spelling_not_a_yaml_boolean():
     from training.config import load_config
 
     assert load_config(ROOT / "training" / "configs" / "tiny.yaml", ["mixed_precision=no"]).mixed_precision == "no"
+
+
+def test_sandwich_all_trains_every_anchor_in_each_update():
+    """sandwich_all: each step's sizes are every anchor (the smaller ones stochastically scaled), and the loss is the sum
+    of their objectives."""
+    import random
+
+    from training.config import load_config
+    from training.methods import SizeChoice
+    from training.pretrain import build_method
+
+    def method_for(*overrides: str):
+        torch.manual_seed(0)
+        return build_method(load_config(ROOT / "training" / "configs" / "tiny.yaml", ["template.anchors=[[2,32],[2,48],[3,64]]",
+                                                                                       *overrides]))
+
+    plain, every = method_for(), method_for("sandwich=true", "sandwich_all=true", "width_scaling_p=0")
+    size = every.sample_size(random.Random(0))
+    assert [s.anchor for s in (size, *size.also)] == [(2, 32), (2, 48)] and not size.stochastic
+    torch.manual_seed(1)
+    views, local = [torch.randn(8, 1, 28, 28) for _ in range(2)], [torch.randn(8, 1, 14, 14)]
+    expected = sum(plain(views, local, SizeChoice(a, *a)) for a in [(3, 64), (2, 32), (2, 48)])
+    assert every(views, local, size).item() == pytest.approx(expected.item(), rel=1e-5)
+    scaled = method_for("sandwich=true", "sandwich_all=true", "width_scaling_p=1").sample_size(random.Random(0))
+    assert {s.anchor for s in (scaled, *scaled.also)} == {(2, 32), (2, 48)}
 
 
 def test_sandwich_trains_the_largest_anchor_every_step_beside_a_smaller_size():

@@ -115,6 +115,8 @@ class TrainConfig:
                                  "sandwich rule of slimmable networks), their losses summed into one update")
     inplace_distill: bool = _opt(False, "with sandwich: the smaller size's targets are the largest anchor's embeddings of "
                                         "the global views in the same step (no gradient), instead of its own")
+    sandwich_all: bool = _opt(False, "with sandwich: every smaller anchor (each stochastically scaled) joins the largest "
+                                     "in each update, instead of one sampled by anchor_weights")
     # bookkeeping
     save_every: int = _opt(250, "checkpoint every N steps")
     save_total_limit: int = _opt(2, "checkpoints kept")
@@ -250,8 +252,12 @@ def _validate(cfg: TrainConfig) -> None:
     if weights is not None and (not isinstance(weights, list) or len(weights) != len(tcfg.anchors)
                                 or not all(isinstance(w, (int, float)) and w >= 0 for w in weights) or not sum(weights)):
         raise ConfigError(f"anchor_weights must list one non-negative weight per anchor ({len(tcfg.anchors)}), got {weights!r}.")
-    if not isinstance(cfg.sandwich, bool) or not isinstance(cfg.inplace_distill, bool):
-        raise ConfigError(f"sandwich and inplace_distill are true or false, got {cfg.sandwich!r} and {cfg.inplace_distill!r}.")
+    if not all(isinstance(v, bool) for v in (cfg.sandwich, cfg.inplace_distill, cfg.sandwich_all)):
+        raise ConfigError(f"sandwich, inplace_distill and sandwich_all are true or false, got {cfg.sandwich!r}, "
+                          f"{cfg.inplace_distill!r} and {cfg.sandwich_all!r}.")
+    if cfg.sandwich_all and (not cfg.sandwich or weights is not None):
+        raise ConfigError("sandwich_all trains every anchor in each update: it needs sandwich=true and no anchor_weights (got "
+                          f"sandwich={cfg.sandwich}, anchor_weights={weights!r}).")
     if cfg.sandwich and (cfg.method != "sweet" or len(tcfg.anchors) < 2):
         raise ConfigError(f"sandwich pairs the largest anchor with a smaller one, so it needs method=sweet and two or more "
                           f"anchors; got method={cfg.method!r} with {len(tcfg.anchors)} anchor(s).")

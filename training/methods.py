@@ -8,7 +8,8 @@ artefact (``save_artefact``).
 - ``SweetMethod``: the SWEET template. Each step samples an anchor size, optionally replaces its
   width (and depth) by a random one whose scalers are resampled from the anchor's (width-wise
   stochastic scaling), materializes the weights inside the step and runs them as a timm ViT. With
-  ``sandwich`` the largest anchor is trained in every step as well, in the same update.
+  ``sandwich`` the largest anchor is trained in every step as well, in the same update (with
+  ``sandwich_all``, every anchor is).
 - ``SingleMethod``: one ordinary timm ViT of a fixed size (per-size pre-training baseline, and the
   plain-timm reference of the overhead benchmark).
 - ``POAMethod`` (poa.py): the elastic-network baseline.
@@ -41,6 +42,8 @@ class SizeChoice:
     anchor: tuple[int, int]
     depth: int
     width: int
+    #: further sizes trained in the same update (``sandwich_all``: the other smaller anchors)
+    also: tuple[SizeChoice, ...] = ()
 
     @property
     def stochastic(self) -> bool:
@@ -83,7 +86,8 @@ class SweetMethod(nn.Module):
     def __init__(self, template: SweetTemplate, width_scaling_p: float = 0.5, depth_scaling_p: float = 0.0,
                  proj_hidden: int = 512, proj_dim: int = 128, width_scaling_max: int | None = None,
                  anchor_weights: list[float] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
-                 mim_separate: bool = False, sandwich: bool = False, inplace_distill: bool = False) -> None:
+                 mim_separate: bool = False, sandwich: bool = False, inplace_distill: bool = False,
+                 sandwich_all: bool = False) -> None:
         super().__init__()
         self.template = template
         cfg = template.config
@@ -98,6 +102,8 @@ class SweetMethod(nn.Module):
         self.anchor_weights = anchor_weights
         #: sandwich: each step also trains the largest anchor; inplace_distill: its embeddings are the smaller size's targets
         self.sandwich, self.inplace_distill = sandwich, inplace_distill
+        #: sandwich_all: every smaller anchor joins the largest in each update, instead of one sampled
+        self.sandwich_all = sandwich_all
         self.runner = FunctionalViT(vit_args(cfg, 1, cfg.head_dim))
 
     @property
@@ -112,16 +118,23 @@ class SweetMethod(nn.Module):
         """An anchor (by ``anchor_weights``; with ``sandwich`` never the largest, which every step trains anyway), then
         width-wise and depth-wise stochastic scaling of it."""
         cfg = self.template.config
+        if self.sandwich_all:
+            smaller = [self._scaled(rng, tuple(a)) for a in cfg.anchors if tuple(a) != cfg.largest_anchor]
+            return SizeChoice(smaller[0].anchor, smaller[0].depth, smaller[0].width, also=tuple(smaller[1:]))
         weights = self.anchor_weights
         if self.sandwich:
             weights = [0.0 if tuple(a) == cfg.largest_anchor else w for a, w in zip(cfg.anchors, weights or [1.0] * len(cfg.anchors))]
         # rng.choice without weights: the draws of runs before anchor_weights existed replay unchanged
         anchor = rng.choice(cfg.anchors) if weights is None else rng.choices(cfg.anchors, weights=weights)[0]
+        return self._scaled(rng, anchor)
+
+    def _scaled(self, rng: random.Random, anchor: tuple[int, int]) -> SizeChoice:
+        """``anchor`` after width-wise and depth-wise stochastic scaling."""
         depth, width = anchor
         if rng.random() < self.width_scaling_p:
             width = rng.choice(self.stochastic_widths)
         if rng.random() < self.depth_scaling_p:
-            depths = [d for d, _ in cfg.anchors]
+            depths = [d for d, _ in self.template.config.anchors]
             depth = rng.randint(min(depths), max(depths))
         return SizeChoice(anchor, depth, width)
 
@@ -154,7 +167,7 @@ class SweetMethod(nn.Module):
             return objective(size, targets)[0]
         largest_loss, largest_views = objective(SizeChoice(self.teacher_size, *self.teacher_size), targets)
         goal = [v.detach() for v in largest_views[:len(global_views)]] if self.inplace_distill else targets
-        return largest_loss + objective(size, goal)[0]
+        return largest_loss + sum(objective(at, goal)[0] for at in (size, *size.also))
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
