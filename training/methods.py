@@ -18,6 +18,7 @@ artefact (``save_artefact``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -116,11 +117,12 @@ class SweetMethod(nn.Module):
 
     def sample_size(self, rng: random.Random) -> SizeChoice:
         """An anchor (by ``anchor_weights``; with ``sandwich`` never the largest, which every step trains anyway), then
-        width-wise and depth-wise stochastic scaling of it."""
+        width-wise and depth-wise stochastic scaling of it; with ``sandwich_all``, every smaller anchor, each scaled by its
+        own draw, the first returned and the others in its ``also``."""
         cfg = self.template.config
         if self.sandwich_all:
             smaller = [self._scaled(rng, tuple(a)) for a in cfg.anchors if tuple(a) != cfg.largest_anchor]
-            return SizeChoice(smaller[0].anchor, smaller[0].depth, smaller[0].width, also=tuple(smaller[1:]))
+            return dataclasses.replace(smaller[0], also=tuple(smaller[1:]))
         weights = self.anchor_weights
         if self.sandwich:
             weights = [0.0 if tuple(a) == cfg.largest_anchor else w for a, w in zip(cfg.anchors, weights or [1.0] * len(cfg.anchors))]
