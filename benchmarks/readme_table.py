@@ -384,7 +384,7 @@ def recipe_section(r: dict[str, Any]) -> list[str]:
     lines = [
         "### What makes a template good (recipe study)",
         "",
-        f"Every variant pre-trains for the same wall-clock budget ({r['budget_minutes']:g} min, {r['threads_per_run']} thread, "
+        f"The wall-clock budget of a variant is {r['budget_minutes']:g} min ({r['threads_per_run']} thread, "
         f"{r['parallel_runs']} runs at a time{_budget_shares(r)}). Validation protocol, never the test images: {r['protocol']}. "
         f"{_pixel_line(b)} on the same protocol. Variants are compared with the base re-run in the same round (throughput "
         "drifts between rounds and machines); under 1.5 points is noise unless another seed (`_s1`) repeats it.",
