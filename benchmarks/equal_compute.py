@@ -2,13 +2,21 @@
 
     python benchmarks/equal_compute.py            # after (or during) benchmarks/init_quality.py (full plan)
     python benchmarks/equal_compute.py --quick    # toy scale
+    python benchmarks/equal_compute.py --recipe sandwich=true sandwich_all=true lr=3e-3   # another SWEET recipe
 
 init_quality.py gives every method the same images seen. A SWEET step runs one sampled anchor,
 so SWEET finishes those images in a fraction of the time that per-size pre-training of its anchors
 (one run per anchor) or POA (the full network plus an elastic student per step) take. Here SWEET
 gets the summed wall time of the per-size runs at its anchors instead (steps scaled by the measured
 time ratio, read from the runs' summaries), and is evaluated at the same sizes with the same
-protocol. The rows of init_quality.json (per-size, weight selection from the per-size run at the
+protocol.
+
+``--recipe KEY=VALUE ...`` gives SWEET's run other pretrain.py settings (e.g. every anchor in each
+update). A step of such a recipe costs other time than the recipe the runs were recorded with, so
+steps no longer carry the budget: the run gets a wall-clock budget instead, the recorded time of
+the per-size runs converted to this machine's clock by timing a few steps of the per-size run at
+the largest anchor here (one fixed size, so the clock is not blurred by sampled sizes) against its
+recorded step time. The rows of init_quality.json (per-size, weight selection from the per-size run at the
 largest anchor, POA, SWEET at equal images) are set beside it when that file exists; run this
 script again after init_quality.py finishes to join them (the pre-training is cached). Writes
 benchmarks/results/equal_compute.json and a plot.
@@ -17,7 +25,10 @@ benchmarks/results/equal_compute.json and a plot.
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +44,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", help="JSON output (default: benchmarks/results/equal_compute[_quick].json)")
     parser.add_argument("--num-threads", type=int, help="torch CPU threads for the pre-training and the evaluation (default: all "
                         "cores); the step budget comes from the recorded runs, so this changes the run's clock, not its steps")
+    parser.add_argument("--recipe", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="pretrain.py settings of SWEET's run (e.g. sandwich=true sandwich_all=true lr=3e-3); the run then gets "
+                             "the per-size runs' time converted to this machine's clock, not a step count")
+    parser.add_argument("--calibration-steps", type=int, default=12,
+                        help="steps of the per-size run timed to convert the recorded time to this machine's clock (with --recipe)")
     args = parser.parse_args(argv)
     if args.num_threads is not None and args.num_threads < 1:
         parser.error(f"--num-threads must be >= 1, got {args.num_threads}")
+    if args.calibration_steps < 4:
+        parser.error(f"--calibration-steps must be >= 4 (the first two steps are not timed), got {args.calibration_steps}")
+    bad = [item for item in args.recipe if "=" not in item]
+    if bad:
+        parser.error(f"--recipe takes pretrain.py settings as KEY=VALUE, got {bad}; e.g. --recipe sandwich=true lr=3e-3")
 
     import torch
 
@@ -65,13 +86,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_size_seconds = sum(v["train_seconds"] for n, v in pre.items() if n.startswith("single_"))
     budget = per_size_seconds or pre["poa"]["train_seconds"]  # no per-size anchor runs in the plan: POA's time
     ratio = budget / pre["sweet"]["train_seconds"]
-    steps = round(plan["pretrain"]["max_steps"] * ratio)
-    overrides = ["method=sweet", *pretrain_overrides(plan, max_steps=steps, warmup_steps=max(1, steps // 10))]
-    if args.num_threads:
-        overrides.append(f"num_threads={args.num_threads}")
-    summary = pretrain("sweet_equal_time", overrides, run_dir, force=False)
+    threads = [f"num_threads={args.num_threads}"] if args.num_threads else []
+    clock = None
+    if args.recipe:
+        clock = calibrate_clock(plan, pre, threads, args.calibration_steps)
+        minutes = budget * clock["here_over_recorded"] / 60
+        overrides = ["method=sweet", *pretrain_overrides(plan, max_steps=1_000_000), *args.recipe,
+                     f"time_budget_minutes={minutes:.4g}", *threads]
+        run_name = "sweet_equal_time_" + hashlib.sha1(" ".join(args.recipe).encode()).hexdigest()[:8]
+    else:
+        steps = round(plan["pretrain"]["max_steps"] * ratio)
+        overrides = ["method=sweet", *pretrain_overrides(plan, max_steps=steps, warmup_steps=max(1, steps // 10)), *threads]
+        run_name = "sweet_equal_time"
+    summary = pretrain(run_name, overrides, run_dir, force=False)
 
-    template = SweetTemplate.from_pretrained(run_dir / "sweet_equal_time" / "template")
+    template = SweetTemplate.from_pretrained(run_dir / run_name / "template")
     protocol, transfer = eval_protocols(template.config, plan["eval"])
     quality = json.loads(source.read_text()) if source.is_file() else None
     if quality and any(quality["pretraining"].get(n, {}).get("train_seconds") != v["train_seconds"] for n, v in pre.items()):
@@ -99,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pretrain_command": "python training/pretrain.py " + " ".join(overrides),
         "budget": "summed wall time of the per-size runs at the anchors" if per_size_seconds else "POA's wall time",
         "budget_seconds": round(budget, 1), "time_ratio_budget_over_sweet": round(ratio, 3),
+        "recipe": args.recipe, "clock": clock,
         "torch_threads": torch.get_num_threads(),
         # "threads" only where the run recorded it (a cached older run may have used other threads than this invocation)
         "pretraining": {"sweet_equal_time": {k: summary[k] for k in ("steps", "images_seen", "train_seconds", "threads") if k in summary},
@@ -109,6 +139,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     save_result(result, args.out or RESULTS / f"equal_compute{'_quick' if args.quick else ''}.json", plot)
     return result
+
+
+def calibrate_clock(plan: dict[str, Any], pre: dict[str, dict[str, Any]], threads: list[str], steps: int) -> dict[str, Any]:
+    """How much slower (> 1) or faster this machine runs the recorded per-size run at the largest anchor.
+
+    Times ``steps`` steps of that run here (its own settings, these threads) and divides by its
+    recorded seconds per step; the first two steps (allocations, thread pools) are not timed.
+    """
+    depth, width = max(plan["template"]["anchors"], key=lambda a: a[0] * a[1] ** 2)
+    name = f"single_{depth}x{width}"
+    if name not in pre:
+        raise SystemExit(f"equal_compute --recipe: the clock is read off the per-size run at the largest anchor ({name}), "
+                         f"which this plan did not record; run `python benchmarks/init_quality.py` first")
+    overrides = ["method=single", f"size=[{depth},{width}]", *pretrain_overrides(plan, max_steps=steps, save_every=steps),
+                 "log_every=1", *threads]
+    with tempfile.TemporaryDirectory(prefix="sweet-clock-") as tmp:
+        pretrain(f"clock_{name}", overrides, Path(tmp), force=True)
+        with open(Path(tmp) / f"clock_{name}" / "train_log.csv", newline="") as f:
+            seconds = [float(row["train_seconds"]) for row in csv.DictReader(f)]
+    here = (seconds[-1] - seconds[1]) / (len(seconds) - 2)
+    recorded = pre[name]["train_seconds"] / pre[name]["steps"]
+    return {"reference_run": name, "steps_timed": len(seconds) - 2, "step_seconds_here": round(here, 4),
+            "step_seconds_recorded": round(recorded, 4), "here_over_recorded": round(here / recorded, 4)}
 
 
 COMPARED = {"per_size": "per-size (its own run)", "weight_selection": "weight selection", "poa": "POA (equal images)",

@@ -197,6 +197,21 @@ def _equal_time_clock(run: dict[str, Any]) -> str:
             f"runs' time ratio, so this clock does not change what was trained)")
 
 
+def _equal_time_budget(r: dict[str, Any]) -> str:
+    """How the equal-time run's budget was given: a step count (the recorded recipe) or, for another recipe, this
+    machine's clock."""
+    run = r["pretraining"]["sweet_equal_time"]
+    done = f"{run['steps']} steps, {run['images_seen']:,} images"
+    clock = r.get("clock")
+    if not clock:
+        return f"as a step budget: {done}, {_equal_time_clock(run)}"
+    threads = f" on {_threads(run['threads'])}" if "threads" in run else ""
+    return (f"as a wall-clock budget for the recipe `{' '.join(r['recipe'])}`: {run['train_seconds'] / 60:.1f} min{threads}, "
+            f"{done} (this machine ran a per-size {clock['reference_run'].removeprefix('single_')} step in "
+            f"{clock['step_seconds_here']:.2f} s against {clock['step_seconds_recorded']:.2f} s recorded, so the budget is "
+            f"{clock['here_over_recorded']:.2f}x the recorded time)")
+
+
 def equal_compute_section(r: dict[str, Any]) -> list[str]:
     pre = r["pretraining"]
     if "budget_seconds" not in r:  # result files of sweet-hub 0.1 (SWEET given POA's time)
@@ -207,9 +222,8 @@ def equal_compute_section(r: dict[str, Any]) -> list[str]:
         "",
         f"The table above equalizes images seen; a SWEET step runs one sampled anchor, so SWEET finished them in "
         f"{pre['sweet_equal_images']['train_seconds'] / 60:.1f} min. Here SWEET gets the {r['budget']} "
-        f"({r['budget_seconds'] / 60:.1f} min: {singles}; POA took {pre['poa']['train_seconds'] / 60:.1f} min) as a step budget: "
-        f"{pre['sweet_equal_time']['steps']} steps, {pre['sweet_equal_time']['images_seen']:,} images, "
-        f"{_equal_time_clock(pre['sweet_equal_time'])}. Same protocol. {_pixel_line(r['reference'])}. `{r['command']}`",
+        f"({r['budget_seconds'] / 60:.1f} min: {singles}; POA took {pre['poa']['train_seconds'] / 60:.1f} min) "
+        f"{_equal_time_budget(r)}. Same protocol. {_pixel_line(r['reference'])}. `{r['command']}`",
         "",
         *md_header("size", "metric", "per-size (own run)", "weight selection", "POA (equal images)", "SWEET (equal images)",
                    "SWEET (equal time)"),
@@ -485,7 +499,6 @@ def build_section() -> str:
              "`benchmarks/results/*.json`.", ""]
     for name, fn in (("demo", demo_section), ("readout", readout_section), ("recipe_study", recipe_section),
                      ("compare_templates", compare_section),
-                     ("compare_scalers", lambda data: compare_section(data, "compare_scalers")),
                      ("init_quality", init_quality_section),
                      ("equal_compute", equal_compute_section), ("derived_scalers", derived_section),
                      ("fit_vs_selection", fit_section),

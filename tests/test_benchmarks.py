@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 @pytest.mark.slow
-def test_init_quality_quick_harness(tmp_path):
+def test_init_quality_quick_harness(tmp_path, capsys):
     import init_quality
 
     result = init_quality.main(["--quick", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "iq.json")])
@@ -51,6 +51,23 @@ def test_init_quality_quick_harness(tmp_path):
     assert "poa" not in equal["rows"][-1] and "per_size" not in equal["rows"][-1]  # 4x64 is wider than both sources
     assert equal["rows"][1]["per_size"]["knn"] == rows[("3x48", "per_size")]["knn"]
     assert all(0 <= r["knn"] <= 100 for r in equal["rows"]) and (tmp_path / "eq.png").stat().st_size > 0
+    # another recipe: a wall-clock budget, the recorded per-size time converted to this machine's clock
+    recipe = equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--quality", str(tmp_path / "iq.json"),
+                                 "--out", str(tmp_path / "eq_recipe.json"), "--recipe", "sandwich=true", "sandwich_all=true",
+                                 "--calibration-steps", "4"])
+    clock = recipe["clock"]
+    assert recipe["recipe"] == ["sandwich=true", "sandwich_all=true"] and clock["reference_run"] == "single_3x48"
+    assert clock["steps_timed"] == 2 and clock["step_seconds_here"] > 0
+    assert clock["here_over_recorded"] == pytest.approx(clock["step_seconds_here"] / clock["step_seconds_recorded"], rel=1e-3)
+    minutes = recipe["budget_seconds"] * clock["here_over_recorded"] / 60
+    assert f"time_budget_minutes={minutes:.4g}" in recipe["pretrain_command"] and "sandwich_all=true" in recipe["pretrain_command"]
+    ran = recipe["pretraining"]["sweet_equal_time"]
+    # the run stops at its budget (to the step that crosses it), not at a step count
+    assert ran["train_seconds"] >= minutes * 60 and ran["steps"] < 1_000_000
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--recipe", "sandwich"])
+    assert "--recipe takes pretrain.py settings as KEY=VALUE" in capsys.readouterr().err
 
     import fit_vs_selection
     import readme_table
