@@ -16,7 +16,7 @@ update). A step of such a recipe costs other time than the recipe the runs were 
 steps no longer carry the budget: the run gets a wall-clock budget instead, the recorded time of
 the per-size runs converted to this machine's clock by timing a few steps of the per-size run at
 the largest anchor here (one fixed size, so the clock is not blurred by sampled sizes) against its
-recorded step time. The rows of init_quality.json (per-size, weight selection from the per-size run at the
+recorded step time; the clock is kept beside the run, so running the script again reuses the run and its budget. The rows of init_quality.json (per-size, weight selection from the per-size run at the
 largest anchor, POA, SWEET at equal images) are set beside it when that file exists; run this
 script again after init_quality.py finishes to join them (the pre-training is cached). Writes
 benchmarks/results/equal_compute.json and a plot.
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from sweet_hub import SweetTemplate
+    from sweet_hub.files import write_text
     from training.evaluate import pixel_baselines
 
     if args.num_threads:
@@ -89,11 +90,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads = [f"num_threads={args.num_threads}"] if args.num_threads else []
     clock = None
     if args.recipe:
-        clock = calibrate_clock(plan, pre, threads, args.calibration_steps)
+        run_name = "sweet_equal_time_" + hashlib.sha1(" ".join(args.recipe).encode()).hexdigest()[:8]
+        # kept beside the run: a cached or resumed run keeps the budget it was given, and is not timed again
+        clock_file = run_dir / f"{run_name}.clock.json"
+        if clock_file.is_file():
+            clock = json.loads(clock_file.read_text())
+        else:
+            clock = calibrate_clock(plan, pre, threads, args.calibration_steps)
+            write_text(clock_file, json.dumps(clock, indent=2) + "\n")
         minutes = budget * clock["here_over_recorded"] / 60
         overrides = ["method=sweet", *pretrain_overrides(plan, max_steps=1_000_000), *args.recipe,
                      f"time_budget_minutes={minutes:.4g}", *threads]
-        run_name = "sweet_equal_time_" + hashlib.sha1(" ".join(args.recipe).encode()).hexdigest()[:8]
     else:
         steps = round(plan["pretrain"]["max_steps"] * ratio)
         overrides = ["method=sweet", *pretrain_overrides(plan, max_steps=steps, warmup_steps=max(1, steps // 10)), *threads]

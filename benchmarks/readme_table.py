@@ -336,7 +336,7 @@ def _training_facts(entry: dict[str, Any]) -> str:
             + made)
 
 
-def compare_section(r: dict[str, Any], name: str = "compare_templates") -> list[str]:
+def compare_section(r: dict[str, Any]) -> list[str]:
     """Templates side by side on the validation protocol: shipped scalers, and weights only (derived where learned ship).
     The heading and the note saying what the templates are come from the run (``--heading``, ``--note``)."""
     entries = r["templates"]
@@ -367,7 +367,7 @@ def compare_section(r: dict[str, Any], name: str = "compare_templates") -> list[
                          f"{len(gains)} sizes, higher at {sum(g > 0 for g in gains)}")
         lines += ["", f"{other['label']} - {base['label']}, {'; '.join(spans)}; one seed each, so differences under 1.5 "
                   f"points are noise."]
-    return lines + ["", f"![templates side by side](benchmarks/results/{name}.png)", ""]
+    return lines + ["", "![templates side by side](benchmarks/results/compare_templates.png)", ""]
 
 
 def _of_it(share: Fraction) -> str:

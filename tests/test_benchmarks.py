@@ -64,6 +64,9 @@ def test_init_quality_quick_harness(tmp_path, capsys):
     ran = recipe["pretraining"]["sweet_equal_time"]
     # the run stops at its budget (to the step that crosses it), not at a step count
     assert ran["train_seconds"] >= minutes * 60 and ran["steps"] < 1_000_000
+    again = equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--quality", str(tmp_path / "iq.json"),
+                                "--out", str(tmp_path / "eq_recipe2.json"), "--recipe", "sandwich=true", "sandwich_all=true"])
+    assert again["clock"] == clock and again["pretraining"]["sweet_equal_time"] == ran  # the cached run, not timed again
     capsys.readouterr()
     with pytest.raises(SystemExit):
         equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--recipe", "sandwich"])
