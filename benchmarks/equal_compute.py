@@ -17,7 +17,7 @@ steps no longer carry the budget: the run gets a wall-clock budget instead, the 
 the per-size runs converted to this machine's clock by timing a few steps of the per-size run at
 the largest anchor here (one fixed size, so the clock is not blurred by sampled sizes) against its
 recorded step time; the clock is kept beside the run, so running the script again reuses the run and its budget. The rows of init_quality.json (per-size, weight selection from the per-size run at the
-largest anchor, POA, SWEET at equal images) are set beside it when that file exists; run this
+largest anchor, POA, SWEET at equal images, random init) are set beside it when that file exists; run this
 script again after init_quality.py finishes to join them (the pre-training is cached). Writes
 benchmarks/results/equal_compute.json and a plot.
 """
@@ -172,7 +172,7 @@ def calibrate_clock(plan: dict[str, Any], pre: dict[str, dict[str, Any]], thread
 
 
 COMPARED = {"per_size": "per-size (its own run)", "weight_selection": "weight selection", "poa": "POA (equal images)",
-            "sweet": "SWEET (equal images)"}
+            "sweet": "SWEET (equal images)", "random": "random init"}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -217,25 +217,32 @@ def equal_compute_section(r: dict[str, Any]) -> list[str]:
     if "budget_seconds" not in r:  # result files of sweet-hub 0.1 (SWEET given POA's time)
         return ["### SWEET at equal pre-training time", "", f"_equal_compute.json is from an older version; rerun `{r['command']}`._", ""]
     singles = ", ".join(f"{n.removeprefix('single_')} {v['train_seconds'] / 60:.1f} min" for n, v in pre.items() if n.startswith("single_"))
+    with_random = any("random" in row for row in r["rows"])  # result files before random init was joined lack it
     lines = [
         "### SWEET at equal pre-training time",
         "",
         f"The table above equalizes images seen; a SWEET step runs one sampled anchor, so SWEET finished them in "
         f"{pre['sweet_equal_images']['train_seconds'] / 60:.1f} min. Here SWEET gets the {r['budget']} "
         f"({r['budget_seconds'] / 60:.1f} min: {singles}; POA took {pre['poa']['train_seconds'] / 60:.1f} min) "
-        f"{_equal_time_budget(r)}. Same protocol. {_pixel_line(r['reference'])}. `{r['command']}`",
+        f"{_equal_time_budget(r)}. Same protocol{'; SWEET (equal images) keeps the recipe of the table above' if r.get('recipe') else ''}. "
+        f"{_pixel_line(r['reference'])}. `{r['command']}`",
         "",
         *md_header("size", "metric", "per-size (own run)", "weight selection", "POA (equal images)", "SWEET (equal images)",
-                   "SWEET (equal time)"),
+                   "SWEET (equal time)", *(["random init", "equal time over random"] if with_random else [])),
     ]
     for row in r["rows"]:
         for key in ("knn", "linear_probe", "finetune_mean"):
             cells = [row.get(init, {}).get(key) for init in ("per_size", "weight_selection", "poa", "sweet")] + [row[key]]
             best = max(round(c, 1) for c in cells if c is not None)
+            extra = []
+            if with_random:
+                baseline = row.get("random", {}).get(key)
+                extra = ["n/a", "n/a"] if baseline is None else [f"{baseline:.1f}", f"{row[key] - baseline:+.1f}"]
             lines.append(md_row(f"{row['size']} ({row['kind']})", METRICS[key],
-                                *["n/a" if c is None else f"**{c:.1f}**" if round(c, 1) == best else f"{c:.1f}" for c in cells]))
-    return lines + ["", "Bold: best per row. n/a: the method cannot produce that size (weight selection and POA stop at their source's size; "
-                    "per-size pre-training exists only at the sizes that were trained).", "",
+                                *["n/a" if c is None else f"**{c:.1f}**" if round(c, 1) == best else f"{c:.1f}" for c in cells], *extra))
+    note = " Random init is set apart, with SWEET's margin over it, and is not bolded." if with_random else ""
+    return lines + ["", "Bold: best per row among the pre-trainings. n/a: the method cannot produce that size (weight selection and POA stop "
+                    f"at their source's size; per-size pre-training exists only at the sizes that were trained).{note}", "",
                     "![equal compute](benchmarks/results/equal_compute.png)", ""]
 
 

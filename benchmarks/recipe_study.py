@@ -141,6 +141,12 @@ PLANS: dict[str, dict[str, Any]] = {
             # the probe at 8x192 and above; whether the lead grows with the budget, both at 3x it (36 min)
             "long3_crops_r192": {**R192, "budget_fraction": 3},
             "long3_r192_sandwich_all_lr3e-3": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3},
+            # round 24: with every anchor in each update (the bundled v3 recipe), 8x192 stays the best size and the larger
+            # ones trail it (they are derived from or distilled from it); a fourth, larger anchor (10x256: one more depth and
+            # width, its step 2.2x an 8x192 one) beside the v3 recipe re-run on the same machine, both at 3x the budget
+            "long3_v3_rerun": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3},
+            "long3_v3_a10x256": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3,
+                                 "template.anchors": [[4, 64], [6, 128], [8, 192], [10, 256]]},
         },
     },
     "quick": {

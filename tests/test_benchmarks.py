@@ -50,6 +50,13 @@ def test_init_quality_quick_harness(tmp_path, capsys):
     assert [r["size"] for r in equal["rows"]] == ["2x32", "3x48", "2x16", "4x64"]
     assert "poa" not in equal["rows"][-1] and "per_size" not in equal["rows"][-1]  # 4x64 is wider than both sources
     assert equal["rows"][1]["per_size"]["knn"] == rows[("3x48", "per_size")]["knn"]
+    # random init is joined at every size, so the table shows SWEET's margin over it (the 1%-label fine-tuning target)
+    assert all(r["random"]["finetune_mean"] == rows[(r["size"], "random")]["finetune_mean"] for r in equal["rows"])
+    import readme_table
+
+    section = "\n".join(readme_table.equal_compute_section(equal))
+    margin = equal["rows"][0]["finetune_mean"] - equal["rows"][0]["random"]["finetune_mean"]
+    assert "equal time over random" in section and f"| {margin:+.1f} |" in section
     assert all(0 <= r["knn"] <= 100 for r in equal["rows"]) and (tmp_path / "eq.png").stat().st_size > 0
     # another recipe: a wall-clock budget, the recorded per-size time converted to this machine's clock
     recipe = equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--quality", str(tmp_path / "iq.json"),
@@ -64,6 +71,10 @@ def test_init_quality_quick_harness(tmp_path, capsys):
     ran = recipe["pretraining"]["sweet_equal_time"]
     # the run stops at its budget (to the step that crosses it), not at a step count
     assert ran["train_seconds"] >= minutes * 60 and ran["steps"] < 1_000_000
+    # the log names every size each update trained: the largest anchor, then the (scaled) smaller one
+    (log,) = (tmp_path / "runs").glob("sweet_equal_time_*/train_log.csv")
+    logged = [row.split(",")[-1].split("+") for row in log.read_text().splitlines()[1:]]
+    assert logged and all(len(sizes) == 2 and sizes[0] == "3x48" and sizes[1].startswith("2x") for sizes in logged)
     again = equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--quality", str(tmp_path / "iq.json"),
                                 "--out", str(tmp_path / "eq_recipe2.json"), "--recipe", "sandwich=true", "sandwich_all=true"])
     assert again["clock"] == clock and again["pretraining"]["sweet_equal_time"] == ran  # the cached run, not timed again

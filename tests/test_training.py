@@ -224,6 +224,7 @@ def test_sandwich_all_trains_every_anchor_in_each_update():
     plain, every = method_for(), method_for("sandwich=true", "sandwich_all=true", "width_scaling_p=0")
     size = every.sample_size(random.Random(0))
     assert [s.anchor for s in (size, *size.also)] == [(2, 32), (2, 48)] and not size.stochastic
+    assert size.label == "2x32+2x48"  # what the log and the progress bar show (after the largest anchor)
     torch.manual_seed(1)
     views, local = [torch.randn(8, 1, 28, 28) for _ in range(2)], [torch.randn(8, 1, 14, 14)]
     expected = sum(plain(views, local, SizeChoice(a, *a)) for a in [(3, 64), (2, 32), (2, 48)])

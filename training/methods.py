@@ -50,6 +50,11 @@ class SizeChoice:
     def stochastic(self) -> bool:
         return (self.depth, self.width) != self.anchor
 
+    @property
+    def label(self) -> str:
+        """``DxW``, joined by ``+`` with the sizes in ``also`` (for the log and the progress bar)."""
+        return "+".join(f"{s.depth}x{s.width}" for s in (self, *self.also))
+
 
 @runtime_checkable
 class PretrainMethod(Protocol):

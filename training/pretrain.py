@@ -43,7 +43,7 @@ from sweet_hub.files import write_text
 from training.checkpoints import latest_complete_checkpoint, save_checkpoint
 from training.config import ConfigError, TrainConfig, config_help, load_config, set_cpu_threads
 from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors
-from training.methods import PretrainMethod
+from training.methods import PretrainMethod, SizeChoice
 from training.selfsup import EMATeacher, cosine_schedule, random_patch_masks, set_lr
 
 
@@ -157,7 +157,8 @@ def _progress(step: int, max_steps: int, seconds: float, budget: float | None) -
 class CSVLog:
     """Append-only CSV of the training curve; on resume, rows past the resumed step are dropped."""
 
-    FIELDS = ["step", "loss", "lr", "img_per_s", "depth", "width", "images_seen", "train_seconds"]
+    #: depth/width: the sampled size; sizes: every size the update trained (with sandwich, the largest anchor first)
+    FIELDS = ["step", "loss", "lr", "img_per_s", "depth", "width", "images_seen", "train_seconds", "sizes"]
 
     def __init__(self, path: Path, resume_step: int) -> None:
         self.path = path
@@ -312,9 +313,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             now = time.perf_counter()
             rate = images_since_log / (now - last_log)
             last_log, images_since_log = now, 0
+            sizes = f"{SizeChoice(raw.teacher_size, *raw.teacher_size).label}+{size.label}" if cfg.sandwich else size.label
             row = dict(step=state.step, loss=round(loss_sum, 5), lr=f"{lr:.3g}", img_per_s=round(rate, 1), depth=size.depth,
-                       width=size.width, images_seen=state.images_seen, train_seconds=round(state.train_seconds, 1))
-            bar.set_postfix(loss=f"{loss_sum:.3f}", img_s=f"{rate:.0f}", size=f"{size.depth}x{size.width}")
+                       width=size.width, images_seen=state.images_seen, train_seconds=round(state.train_seconds, 1), sizes=sizes)
+            bar.set_postfix(loss=f"{loss_sum:.3f}", img_s=f"{rate:.0f}", size=sizes)
             if log is not None:
                 log.write(row)
             accelerator.log({"loss": loss_sum, "lr": lr, "img_per_s": rate}, step=state.step)
