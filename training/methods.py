@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from sweet_hub import SweetTemplate, derive_scalers, export_timm, materialize_state_dict
-from sweet_hub.config import vit_args
+from sweet_hub.config import format_size, vit_args
 from training.selfsup import FunctionalViT, ProjectionHead, apply_patch_masks, contrastive_loss, pooled_and_tokens
 
 __all__ = ["PretrainMethod", "SingleMethod", "SizeChoice", "SweetMethod", "embed_views", "mask_views", "student_loss", "view_pixels"]
@@ -53,7 +53,7 @@ class SizeChoice:
     @property
     def label(self) -> str:
         """``DxW``, joined by ``+`` with the sizes in ``also`` (for the log and the progress bar)."""
-        return "+".join(f"{s.depth}x{s.width}" for s in (self, *self.also))
+        return "+".join(format_size(s.depth, s.width) for s in (self, *self.also))
 
 
 @runtime_checkable

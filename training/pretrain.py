@@ -39,11 +39,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sweet_hub.config import format_size
 from sweet_hub.files import write_text
 from training.checkpoints import latest_complete_checkpoint, save_checkpoint
 from training.config import ConfigError, TrainConfig, config_help, load_config, set_cpu_threads
 from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors
-from training.methods import PretrainMethod, SizeChoice
+from training.methods import PretrainMethod
 from training.selfsup import EMATeacher, cosine_schedule, random_patch_masks, set_lr
 
 
@@ -313,7 +314,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             now = time.perf_counter()
             rate = images_since_log / (now - last_log)
             last_log, images_since_log = now, 0
-            sizes = f"{SizeChoice(raw.teacher_size, *raw.teacher_size).label}+{size.label}" if cfg.sandwich else size.label
+            sizes = f"{format_size(*raw.teacher_size)}+{size.label}" if cfg.sandwich else size.label
             row = dict(step=state.step, loss=round(loss_sum, 5), lr=f"{lr:.3g}", img_per_s=round(rate, 1), depth=size.depth,
                        width=size.width, images_seen=state.images_seen, train_seconds=round(state.train_seconds, 1), sizes=sizes)
             bar.set_postfix(loss=f"{loss_sum:.3f}", img_s=f"{rate:.0f}", size=sizes)
