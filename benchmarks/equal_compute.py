@@ -25,7 +25,6 @@ benchmarks/results/equal_compute.json and a plot.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import tempfile
@@ -34,6 +33,8 @@ from typing import Any
 
 from common import RESULTS, ROOT, command, grouped_bars, save_result
 from init_quality import METRICS, PLANS, eval_protocols, evaluate_init, pretrain, pretrain_overrides
+
+from training.pretrain import CSVLog
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -163,8 +164,7 @@ def calibrate_clock(plan: dict[str, Any], pre: dict[str, dict[str, Any]], thread
                  "log_every=1", *threads]
     with tempfile.TemporaryDirectory(prefix="sweet-clock-") as tmp:
         pretrain(f"clock_{name}", overrides, Path(tmp), force=True)
-        with open(Path(tmp) / f"clock_{name}" / "train_log.csv", newline="") as f:
-            seconds = [float(row["train_seconds"]) for row in csv.DictReader(f)]
+        seconds = [float(row["train_seconds"]) for row in CSVLog.read(Path(tmp) / f"clock_{name}" / "train_log.csv")]
     here = (seconds[-1] - seconds[1]) / (len(seconds) - 2)
     recorded = pre[name]["train_seconds"] / pre[name]["steps"]
     return {"reference_run": name, "steps_timed": len(seconds) - 2, "step_seconds_here": round(here, 4),

@@ -73,7 +73,9 @@ def test_init_quality_quick_harness(tmp_path, capsys):
     assert ran["train_seconds"] >= minutes * 60 - 0.05 and ran["steps"] < 1_000_000
     # the log names every size each update trained: the largest anchor, then the (scaled) smaller one
     (log,) = (tmp_path / "runs").glob("sweet_equal_time_*/train_log.csv")
-    logged = [row.split(",")[-1].split("+") for row in log.read_text().splitlines()[1:]]
+    from training.pretrain import CSVLog
+
+    logged = [row["sizes"].split("+") for row in CSVLog.read(log)]
     assert logged and all(len(sizes) == 2 and sizes[0] == "3x48" and sizes[1].startswith("2x") for sizes in logged)
     again = equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--quality", str(tmp_path / "iq.json"),
                                 "--out", str(tmp_path / "eq_recipe2.json"), "--recipe", "sandwich=true", "sandwich_all=true"])

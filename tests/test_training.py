@@ -58,10 +58,12 @@ def test_time_budget_stops_the_run_and_drives_the_schedule(tmp_path):
          "width_scaling_max=64", NO_EVAL])
     summary = json.loads((out / "summary.json").read_text())
     assert 1 <= summary["steps"] < 100000 and summary["train_seconds"] >= 3.0  # stopped by time, not by max_steps
-    rows = (out / "train_log.csv").read_text().splitlines()[1:]
+    from training.pretrain import CSVLog
+
+    rows = CSVLog.read(out / "train_log.csv")
     # anchor_weights=[0, 1]: only the 3-deep anchor (and its stochastic widths, up to 64) is trained
-    assert {int(r.split(",")[4]) for r in rows} == {3}
-    assert max(int(r.split(",")[5]) for r in rows) <= 64
+    assert {int(r["depth"]) for r in rows} == {3}
+    assert max(int(r["width"]) for r in rows) <= 64
 
 
 def test_time_progress_drives_the_cosine_schedule():
@@ -510,11 +512,13 @@ def test_learn_scalers_again_continues_the_learned_scalers_and_must_beat_them(tm
     scores = second["validation_knn"]
     assert set(scores) == {"previous", "learned"} and second["kept"] == (scores["learned"] > scores["previous"])
     assert second["continued_from"] == "learned scalers (128 images, 5 steps)"
+    assert (first["total_steps"], second["total_steps"]) == (5, 11)  # the count over both runs, for the card
     from sweet_hub import SweetTemplate
 
     info = SweetTemplate.from_pretrained(template_dir).scaler_info["d3_w48"]
     if second["kept"]:
         assert (info["held_out_knn_previous"], info["held_out_knn_learned"]) == (scores["previous"], scores["learned"])
+        assert info["total_steps"] == 11
     else:  # the first run's scalers stay, byte for byte
         assert scaler_file.read_bytes() == stored and "held_out_knn_previous" not in info
 

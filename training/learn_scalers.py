@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               seed=args.seed, accelerator=accelerator, progress=accelerator.is_local_main_process, teacher=teacher)
         facts["data"] = f"{args.data} train, {len(data)} images, no labels"
         candidate.scaler_info[key]["data"] = facts["data"]
+        previous_steps = _total_steps(previous) if start == "previous" else 0
+        facts["total_steps"] = candidate.scaler_info[key]["total_steps"] = previous_steps + args.steps
         if start == "previous":  # the card then tells the whole history of these scalers
-            facts["continued_from"] = f"learned scalers ({previous.get('images', '?')} images, {previous.get('steps', '?')} steps)"
+            facts["continued_from"] = f"learned scalers ({previous.get('images', '?')} images, {previous_steps} steps)"
             candidate.scaler_info[key]["continued_from"] = facts["continued_from"]
         if validation is not None:
             facts["validation_knn"] = {start: _knn(template, depth, width, validation), "learned": _knn(candidate, depth, width, validation)}
@@ -122,6 +124,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.report:
             write_text(Path(args.report), json.dumps({"template": str(folder), "sizes": report}, indent=2) + "\n")
     return report if args.sizes else report[format_size(*sizes[0])]
+
+
+def _total_steps(info: dict[str, Any]) -> int:
+    """Steps behind a size's learned scalers over every run; older scalers recorded only their last run's."""
+    return int(info.get("total_steps", info.get("steps", 0)))
 
 
 def _validation_protocol(data: str, cfg):

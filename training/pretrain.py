@@ -163,10 +163,7 @@ class CSVLog:
 
     def __init__(self, path: Path, resume_step: int) -> None:
         self.path = path
-        rows = []
-        if path.is_file() and resume_step > 0:
-            with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        rows = [r for r in self.read(path) if int(r["step"]) <= resume_step] if path.is_file() and resume_step > 0 else []
         with path.open("w", newline="") as f:
             writer = csv.DictWriter(f, self.FIELDS)
             writer.writeheader()
@@ -176,6 +173,12 @@ class CSVLog:
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.FIELDS).writerow(row)
 
+    @staticmethod
+    def read(path: Path) -> list[dict[str, str]]:
+        """The rows of a run's ``train_log.csv`` (values as written: strings)."""
+        with Path(path).open(newline="") as f:
+            return list(csv.DictReader(f))
+
 
 def plot_loss(log_path: Path, out_path: Path, title: str) -> None:
     import matplotlib
@@ -183,8 +186,7 @@ def plot_loss(log_path: Path, out_path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with log_path.open() as f:
-        rows = list(csv.DictReader(f))
+    rows = CSVLog.read(log_path)
     if not rows:
         return
     steps = [int(r["step"]) for r in rows]
