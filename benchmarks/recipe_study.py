@@ -152,6 +152,13 @@ PLANS: dict[str, dict[str, Any]] = {
             "long3_v3_bf16": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3,
                               "mixed_precision": "bf16"},
             "long3_v3_rerun_s1": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3, "seed": 1},
+            # round 26 (defined, not yet run): the v3 recipe moves quality from the small anchors to 8x192 at equal time
+            # (equal_compute: 4x64 -1.35, 6x128 -2.5 under per-size); weigh the smaller anchors' losses twice, or scale widths
+            # on a quarter of the steps (the smaller anchors then train at their own width more often), read against a v3 re-run
+            "long3_v3_lossw221": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3,
+                                  "anchor_loss_weights": [2, 2, 1]},
+            "long3_v3_wss0.25": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3,
+                                 "width_scaling_p": 0.25},
         },
     },
     "quick": {

@@ -193,6 +193,9 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     ("sandwich=3", "sandwich, inplace_distill and sandwich_all are true or false"),
     ("sandwich_all=true", "it needs sandwich=true and no anchor_weights"),
     ("sandwich=true\nsandwich_all=true\nanchor_weights=[1,1]", "it needs sandwich=true and no anchor_weights"),
+    ("sandwich=true\nanchor_loss_weights=[1,-1]", "anchor_loss_weights must list one non-negative weight per anchor"),
+    ("sandwich=true\nanchor_loss_weights=[1]", "anchor_loss_weights must list one non-negative weight per anchor"),
+    ("anchor_loss_weights=[1,1]", "anchor_loss_weights weigh the losses that one update sums, so they need sandwich=true"),
     ("template.anchors=[[3,48]]\nsandwich=true", "needs method=sweet and two or more anchors"),
     ("sandwich=true\nanchor_weights=[0,1]", "gives them no weight"),
 ])
@@ -233,6 +236,11 @@ def test_sandwich_all_trains_every_anchor_in_each_update():
     assert every(views, local, size).item() == pytest.approx(expected.item(), rel=1e-5)
     scaled = method_for("sandwich=true", "sandwich_all=true", "width_scaling_p=1").sample_size(random.Random(0))
     assert {s.anchor for s in (scaled, *scaled.also)} == {(2, 32), (2, 48)}
+    # anchor_loss_weights: each anchor's term in the sum is weighted (the smaller anchors more, here)
+    weighted = method_for("sandwich=true", "sandwich_all=true", "width_scaling_p=0", "anchor_loss_weights=[2,0.5,1]")
+    terms = [plain(views, local, SizeChoice(a, *a)) for a in [(2, 32), (2, 48), (3, 64)]]
+    expected = 2 * terms[0] + 0.5 * terms[1] + terms[2]
+    assert weighted(views, local, size).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_sandwich_trains_the_largest_anchor_every_step_beside_a_smaller_size():

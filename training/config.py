@@ -117,6 +117,8 @@ class TrainConfig:
                                         "the global views in the same step (no gradient), instead of its own")
     sandwich_all: bool = _opt(False, "with sandwich: every smaller anchor (each stochastically scaled) joins the largest "
                                      "in each update, instead of one sampled by anchor_weights")
+    anchor_loss_weights: list[float] | None = _opt(None, "with sandwich: the weight of each anchor's loss in the summed "
+                                                          "update (a stochastically scaled size counts as its anchor; None: 1 each)")
     # bookkeeping
     save_every: int = _opt(250, "checkpoint every N steps")
     save_total_limit: int = _opt(2, "checkpoints kept")
@@ -249,9 +251,11 @@ def _validate(cfg: TrainConfig) -> None:
                           f"with method={cfg.method!r}.")
     tcfg = cfg.template_config()
     weights = cfg.anchor_weights
-    if weights is not None and (not isinstance(weights, list) or len(weights) != len(tcfg.anchors)
-                                or not all(isinstance(w, (int, float)) and w >= 0 for w in weights) or not sum(weights)):
-        raise ConfigError(f"anchor_weights must list one non-negative weight per anchor ({len(tcfg.anchors)}), got {weights!r}.")
+    _check_per_anchor("anchor_weights", weights, len(tcfg.anchors))
+    _check_per_anchor("anchor_loss_weights", cfg.anchor_loss_weights, len(tcfg.anchors))
+    if cfg.anchor_loss_weights is not None and not cfg.sandwich:
+        raise ConfigError("anchor_loss_weights weigh the losses that one update sums, so they need sandwich=true (without it "
+                          "an update trains one size; use anchor_weights to sample some anchors more often).")
     if not all(isinstance(v, bool) for v in (cfg.sandwich, cfg.inplace_distill, cfg.sandwich_all)):
         raise ConfigError(f"sandwich, inplace_distill and sandwich_all are true or false, got {cfg.sandwich!r}, "
                           f"{cfg.inplace_distill!r} and {cfg.sandwich_all!r}.")
@@ -270,6 +274,14 @@ def _validate(cfg: TrainConfig) -> None:
     wmax = cfg.width_scaling_max
     if wmax is not None and (not isinstance(wmax, int) or wmax < max(w for _, w in tcfg.anchors)):
         raise ConfigError(f"width_scaling_max must be an integer >= the largest anchor width, got {wmax!r}.")
+
+
+def _check_per_anchor(name: str, weights: Any, anchors: int) -> None:
+    """None, or one non-negative number per anchor with a positive sum."""
+    if weights is not None and (not isinstance(weights, list) or len(weights) != anchors
+                                or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+                                or not sum(weights)):
+        raise ConfigError(f"{name} must list one non-negative weight per anchor ({anchors}), got {weights!r}.")
 
 
 def _tracker_names() -> list[str]:

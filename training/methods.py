@@ -93,7 +93,7 @@ class SweetMethod(nn.Module):
                  proj_hidden: int = 512, proj_dim: int = 128, width_scaling_max: int | None = None,
                  anchor_weights: list[float] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
                  mim_separate: bool = False, sandwich: bool = False, inplace_distill: bool = False,
-                 sandwich_all: bool = False) -> None:
+                 sandwich_all: bool = False, anchor_loss_weights: list[float] | None = None) -> None:
         super().__init__()
         self.template = template
         cfg = template.config
@@ -110,6 +110,8 @@ class SweetMethod(nn.Module):
         self.sandwich, self.inplace_distill = sandwich, inplace_distill
         #: sandwich_all: every smaller anchor joins the largest in each update, instead of one sampled
         self.sandwich_all = sandwich_all
+        #: with sandwich: each anchor's weight in the summed loss (a scaled size counts as its anchor); None: 1 each
+        self.anchor_loss_weights = anchor_loss_weights
         self.runner = FunctionalViT(vit_args(cfg, 1, cfg.head_dim))
 
     @property
@@ -172,9 +174,18 @@ class SweetMethod(nn.Module):
 
         if not self.sandwich:
             return objective(size, targets)[0]
-        largest_loss, largest_views = objective(SizeChoice(self.teacher_size, *self.teacher_size), targets)
+        largest = SizeChoice(self.teacher_size, *self.teacher_size)
+        largest_loss, largest_views = objective(largest, targets)
         goal = [v.detach() for v in largest_views[:len(global_views)]] if self.inplace_distill else targets
-        return largest_loss + sum(objective(at, goal)[0] for at in (size, *size.also))
+        return (self._loss_weight(largest) * largest_loss
+                + sum(self._loss_weight(at) * objective(at, goal)[0] for at in (size, *size.also)))
+
+    def _loss_weight(self, size: SizeChoice) -> float:
+        """The weight of ``size``'s loss in a sandwich update: its anchor's ``anchor_loss_weights`` entry (default 1)."""
+        if self.anchor_loss_weights is None:
+            return 1.0
+        anchors = [tuple(a) for a in self.template.config.anchors]
+        return float(self.anchor_loss_weights[anchors.index(tuple(size.anchor))])
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:

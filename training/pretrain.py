@@ -92,7 +92,8 @@ def build_method(cfg: TrainConfig) -> PretrainMethod:
             load_initial_template(template, cfg.initial_template)
         return SweetMethod(template, cfg.width_scaling_p, cfg.depth_scaling_p,
                            width_scaling_max=cfg.width_scaling_max, anchor_weights=cfg.anchor_weights, sandwich=cfg.sandwich,
-                           inplace_distill=cfg.inplace_distill, sandwich_all=cfg.sandwich_all, **head)
+                           inplace_distill=cfg.inplace_distill, sandwich_all=cfg.sandwich_all,
+                           anchor_loss_weights=cfg.anchor_loss_weights, **head)
     from sweet_hub.config import timm_pretrained_cfg, vit_args
 
     tcfg = cfg.template_config(anchors=[tuple(cfg.size)])
