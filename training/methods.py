@@ -110,8 +110,8 @@ class SweetMethod(nn.Module):
         self.sandwich, self.inplace_distill = sandwich, inplace_distill
         #: sandwich_all: every smaller anchor joins the largest in each update, instead of one sampled
         self.sandwich_all = sandwich_all
-        #: with sandwich: each anchor's weight in the summed loss (a scaled size counts as its anchor); None: 1 each
-        self.anchor_loss_weights = anchor_loss_weights
+        #: with sandwich: each anchor's weight in the summed loss (a scaled size counts as its anchor); empty: 1 each
+        self.anchor_loss_weights = dict(zip((tuple(a) for a in cfg.anchors), map(float, anchor_loss_weights or [])))
         self.runner = FunctionalViT(vit_args(cfg, 1, cfg.head_dim))
 
     @property
@@ -182,10 +182,7 @@ class SweetMethod(nn.Module):
 
     def _loss_weight(self, size: SizeChoice) -> float:
         """The weight of ``size``'s loss in a sandwich update: its anchor's ``anchor_loss_weights`` entry (default 1)."""
-        if self.anchor_loss_weights is None:
-            return 1.0
-        anchors = [tuple(a) for a in self.template.config.anchors]
-        return float(self.anchor_loss_weights[anchors.index(tuple(size.anchor))])
+        return self.anchor_loss_weights.get(tuple(size.anchor), 1.0)
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
