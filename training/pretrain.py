@@ -319,7 +319,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             last_log, images_since_log = now, 0
             sizes = f"{format_size(*raw.teacher_size)}+{size.label}" if cfg.sandwich else size.label
             row = dict(step=state.step, loss=round(loss_sum, 5), lr=f"{lr:.3g}", img_per_s=round(rate, 1), depth=size.depth,
-                       width=size.width, images_seen=state.images_seen, train_seconds=round(state.train_seconds, 1), sizes=sizes)
+                       width=size.width, images_seen=state.images_seen, train_seconds=round(state.train_seconds, 3), sizes=sizes)
             bar.set_postfix(loss=f"{loss_sum:.3f}", img_s=f"{rate:.0f}", size=sizes)
             if log is not None:
                 log.write(row)
