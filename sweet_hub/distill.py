@@ -5,6 +5,12 @@ and to fit a template to a checkpoint (the teacher the checkpoint). Student and 
 different widths, so both are compared in the template's r-space (``tokens @ U / sqrt(width)``,
 with the U of each side's scalers), the space the pre-training projection head reads. The loss
 is the mean (1 - cosine similarity) over all output tokens.
+
+Matching tokens in r-space leaves a wider student's other directions free, and those reach its
+pooled features (what k-NN and probes read). ``relation_weight`` adds a relational term on the
+pooled features themselves: each image's softmax over its cosine similarities to the rest of the
+batch, student against teacher (KL), so the student keeps the teacher's neighbours in its own
+feature space, whatever its width.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from .config import TemplateConfig, vit_args
 from .data import MultiCropAugment, normalize
 from .tucker import materialize_state_dict
 
-__all__ = ["TokenDistiller", "TokenSkeleton", "distill", "distillation_loss"]
+__all__ = ["TokenDistiller", "TokenSkeleton", "distill", "distillation_loss", "relation_loss"]
 
 
 class TokenSkeleton(nn.Module):
-    """A parameter-free (meta) timm ViT whose forward returns all output tokens (forward_features)."""
+    """A parameter-free (meta) timm ViT whose forward returns all output tokens (forward_features)
+    and the pooled pre-logit features the model's own head reads."""
 
     def __init__(self, vit_kwargs: dict[str, Any]) -> None:
         super().__init__()
@@ -36,10 +43,11 @@ class TokenSkeleton(nn.Module):
         with torch.device("meta"):
             self.vit = VisionTransformer(**{**vit_kwargs, "num_classes": 0})
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.vit.forward_features(images)
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        tokens = self.vit.forward_features(images)
+        return tokens, self.vit.forward_head(tokens, pre_logits=True)
 
-    def run(self, state: Mapping[str, Tensor], images: Tensor) -> Tensor:
+    def run(self, state: Mapping[str, Tensor], images: Tensor) -> tuple[Tensor, Tensor]:
         weights = {f"vit.{k}": v for k, v in state.items() if not k.startswith("head.")}
         return functional_call(self, weights, (images,), strict=True, tie_weights=False)
 
@@ -51,12 +59,16 @@ class TokenDistiller(nn.Module):
     only with ``train_cores=True`` (fitting), else they are frozen buffers (learning scalers).
     The teacher is a timm ViT state dict with its ``teacher_kwargs`` (VisionTransformer
     arguments) and ``teacher_to_r`` (D_teacher, r2), the map of its tokens to r-space.
+    ``relation_weight`` > 0 adds :func:`relation_loss` on the pooled features.
     """
 
     def __init__(self, cfg: TemplateConfig, cores: Mapping[str, Tensor], scalers: Mapping[str, Tensor], teacher_state: Mapping[str, Tensor],
-                 teacher_kwargs: dict[str, Any], teacher_to_r: Tensor, train_cores: bool = False) -> None:
+                 teacher_kwargs: dict[str, Any], teacher_to_r: Tensor, train_cores: bool = False, relation_weight: float = 0.0) -> None:
         super().__init__()
+        if not (isinstance(relation_weight, (int, float)) and not isinstance(relation_weight, bool) and relation_weight >= 0):
+            raise ValueError(f"relation_weight must be a number >= 0 (0 turns the relational term off), got {relation_weight!r}")
         self.cfg = cfg
+        self.relation_weight = float(relation_weight)
         self.depth, self.width = scalers["X"].shape[0], scalers["U"].shape[0]
         self.scalers = nn.ParameterDict({k: nn.Parameter(v.detach().clone()) for k, v in scalers.items()})
         if train_cores:
@@ -72,15 +84,35 @@ class TokenDistiller(nn.Module):
         return dict(self.cores.items()) if hasattr(self, "cores") else self.frozen_cores
 
     def forward(self, images: Tensor) -> Tensor:
-        """Mean (1 - cosine similarity) of student and teacher tokens in r-space."""
+        """Mean (1 - cosine similarity) of student and teacher tokens in r-space (plus the
+        weighted relational term on pooled features)."""
         if self.teacher_to_r.device != images.device:
             self.teacher_state = {k: v.to(images.device) for k, v in self.teacher_state.items()}
             self.teacher_to_r = self.teacher_to_r.to(images.device)
         with torch.no_grad():
-            target = self._nets["teacher"].run(self.teacher_state, images) @ self.teacher_to_r
+            target_tokens, target_pooled = self._nets["teacher"].run(self.teacher_state, images)
         state = materialize_state_dict(self.core_tensors(), dict(self.scalers.items()), self.cfg)
-        student = self._nets["student"].run(state, images) @ (self.scalers["U"] / math.sqrt(self.width))
-        return (1 - F.cosine_similarity(student, target, dim=-1)).mean()
+        tokens, pooled = self._nets["student"].run(state, images)
+        student = tokens @ (self.scalers["U"] / math.sqrt(self.width))
+        loss = (1 - F.cosine_similarity(student, target_tokens @ self.teacher_to_r, dim=-1)).mean()
+        if self.relation_weight:
+            loss = loss + self.relation_weight * relation_loss(pooled, target_pooled)
+        return loss
+
+
+def relation_loss(student: Tensor, teacher: Tensor, temperature: float = 0.1) -> Tensor:
+    """KL(teacher || student) between each image's softmax over its cosine similarities to the
+    other images of the batch (its own similarity left out); features (N, D_student), (N, D_teacher)."""
+    n = len(student)
+    if n < 3:
+        return student.new_zeros(())
+    others = ~torch.eye(n, dtype=torch.bool, device=student.device)
+
+    def log_neighbours(features: Tensor) -> Tensor:
+        unit = F.normalize(features.float(), dim=-1)
+        return F.log_softmax((unit @ unit.T)[others].view(n, n - 1) / temperature, dim=-1)
+
+    return F.kl_div(log_neighbours(student), log_neighbours(teacher), log_target=True, reduction="batchmean")
 
 
 @torch.no_grad()

@@ -249,14 +249,17 @@ class SweetTemplate(
 
     def learn_scalers(self, depth: int, width: int, images: Tensor, steps: int = 300, batch_size: int = 128, lr: float = 1e-3,
                       seed: int = 0, accelerator: Any = None, progress: bool = True,
-                      teacher: tuple[int, int] | None = None) -> dict[str, Any]:
+                      teacher: tuple[int, int] | None = None, relation_weight: float = 0.0) -> dict[str, Any]:
         """Learn the scalers of (depth, width) from unlabeled ``images`` (uint8 (N, C, H, W)) and
         store them (source 'learned'); the template stays frozen.
 
         They start from the scalers the template has for that size (the derived ones, or the
         stored ones if any: learning again continues them) and are trained to reproduce, token by
         token, the features of ``teacher``, an anchor (default: the largest one; a smaller model
-        may do better copying the anchor it is derived from) (:mod:`sweet_hub.distill`). Returns
+        may do better copying the anchor it is derived from) (:mod:`sweet_hub.distill`).
+        ``relation_weight`` > 0 also pulls the size's pooled features towards the teacher's
+        neighbourhoods (:func:`sweet_hub.distill.relation_loss`): the directions a wider student
+        has beyond r-space then reach its features only where they agree with the teacher. Returns
         the facts stored with them (images, steps, seconds, distillation loss before and after).
         """
         teacher = self.scaler_teacher(depth, width, teacher)
@@ -264,10 +267,12 @@ class SweetTemplate(
             teacher_state = self.state_dict_for(*teacher)
             teacher_to_r = self.scalers_for(*teacher)["U"] / math.sqrt(teacher[1])
         student = TokenDistiller(self.config, dict(self.cores.items()), self.scalers_for(depth, width), teacher_state,
-                                 vit_args(self.config, *teacher), teacher_to_r)
+                                 vit_args(self.config, *teacher), teacher_to_r, relation_weight=relation_weight)
         facts = distill(student, images, steps=steps, batch_size=batch_size, lr=lr, seed=seed, accelerator=accelerator,
                         progress=progress, desc=f"learn scalers {format_size(depth, width)}")
         facts["teacher"] = format_size(*teacher)
+        if relation_weight:
+            facts["relation_weight"] = float(relation_weight)
         self.add_scalers(depth, width, {k: v.detach() for k, v in student.scalers.items()}, source="learned", **facts)
         return facts
 

@@ -543,6 +543,54 @@ def test_learn_scalers_copies_the_teacher_it_is_given(tiny_template):
     assert runs[None]["distill_loss_before"] != pytest.approx(runs[(2, 32)]["distill_loss_before"], rel=1e-3)
 
 
+def test_relation_loss_compares_neighbourhoods_whatever_the_width():
+    """Zero when the student's pooled features are the teacher's in a wider space (any rotation and
+    scale: only cosine similarities count); positive when the neighbourhoods differ."""
+    from sweet_hub.distill import relation_loss
+
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(16, 8, generator=generator)
+    embed = torch.linalg.qr(torch.randn(24, 24, generator=generator))[0][:, :8]  # (24, 8), orthonormal columns
+    wider = 3.0 * teacher @ embed.T
+    assert relation_loss(wider, teacher).item() == pytest.approx(0.0, abs=1e-5)
+    assert relation_loss(torch.randn(16, 24, generator=generator), teacher).item() > 0.1
+    assert relation_loss(wider[:2], teacher[:2]).item() == 0.0  # two images have no neighbours to rank
+
+
+def test_learn_scalers_relation_weight_adds_the_weighted_relational_term(tiny_template):
+    """The loss of a run with relation_weight is the token loss plus w x the relational one, from the same start."""
+    from sweet_hub.distill import TokenDistiller, relation_loss
+    from sweet_hub.config import vit_args
+    from sweet_hub.data import normalize
+
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    cfg, teacher = tiny_template.config, tiny_template.config.largest_anchor
+
+    def distiller(weight: float) -> TokenDistiller:
+        return TokenDistiller(cfg, dict(tiny_template.cores.items()), tiny_template.scalers_for(3, 48),
+                              tiny_template.state_dict_for(*teacher), vit_args(cfg, *teacher),
+                              tiny_template.scalers_for(*teacher)["U"] / teacher[1] ** 0.5, relation_weight=weight)
+
+    clean = normalize(images, cfg.mean, cfg.std)
+    with torch.no_grad():
+        plain, weighted = distiller(0.0)(clean), distiller(2.0)(clean)
+        net = distiller(0.0)
+        _, student = net._nets["student"].run(tiny_template.state_dict_for(3, 48), clean)
+        _, target = net._nets["teacher"].run(net.teacher_state, clean)
+    assert weighted.item() == pytest.approx((plain + 2.0 * relation_loss(student, target)).item(), rel=1e-4)
+    assert weighted.item() > plain.item()
+    facts = copy.deepcopy(tiny_template).learn_scalers(3, 48, images, steps=2, batch_size=32, progress=False, relation_weight=2.0)
+    assert facts["relation_weight"] == 2.0
+    with pytest.raises(ValueError, match="relation_weight must be a number >= 0"):
+        distiller(-1.0)
+
+
+def test_learn_scalers_rejects_a_negative_relation_weight(template_dir):
+    result = run([sys.executable, str(ROOT / "training" / "learn_scalers.py"), "--template", str(template_dir), "--sizes", "3x48",
+                  "--relation-weight", "-1"], check=False)
+    assert result.returncode == 2 and "--relation-weight must be >= 0" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("args, message", [(["--sizes", "3x48", "--teacher", "3x32"], "3x32 is not an anchor of this template"),
                                            (["--sizes", "2x32", "--teacher", "2x32"], "2x32 is the teacher itself")])
 def test_learn_scalers_rejects_a_bad_teacher_before_reading_data(template_dir, args, message):

@@ -43,10 +43,10 @@ __all__ = ["learn_scalers", "main"]
 
 def learn_scalers(template: SweetTemplate, depth: int, width: int, images: Tensor, steps: int = 300, batch_size: int = 128,
                   lr: float = 1e-3, seed: int = 0, accelerator=None, progress: bool = True,
-                  teacher: tuple[int, int] | None = None) -> dict[str, Any]:
+                  teacher: tuple[int, int] | None = None, relation_weight: float = 0.0) -> dict[str, Any]:
     """:meth:`SweetTemplate.learn_scalers` (kept as a function for scripts written against 0.1)."""
     return template.learn_scalers(depth, width, images, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                                  accelerator=accelerator, progress=progress, teacher=teacher)
+                                  accelerator=accelerator, progress=progress, teacher=teacher, relation_weight=relation_weight)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--teacher", metavar="DxW", help="the anchor whose tokens the new scalers copy (default: the largest anchor)")
+    parser.add_argument("--relation-weight", type=float, default=0.0, metavar="W",
+                        help="weight of a relational term on the pooled features (each image's similarities to the rest of "
+                             "the batch, student against teacher); 0 (default) copies tokens only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-if-better", action="store_true",
                         help="store the learned scalers of a size only if their k-NN on held-out *train* images (labels needed; "
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("give either --sizes or --depth and --width, not both")
     if not args.sizes and not (args.depth and args.width):
         parser.error("give --depth and --width (or --sizes DxW ...)")
+    if not args.relation_weight >= 0:  # also rejects nan
+        parser.error(f"--relation-weight must be >= 0 (0 turns the relational term off), got {args.relation_weight}")
 
     from accelerate import Accelerator
 
@@ -100,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         start = "previous" if template.has_scalers(depth, width) else "derived"  # what the run starts from and must beat
         previous = dict(template.scaler_info.get(key, {}))  # a copy: learning in place replaces these facts
         facts = learn_scalers(candidate, depth, width, data.images, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              seed=args.seed, accelerator=accelerator, progress=accelerator.is_local_main_process, teacher=teacher)
+                              seed=args.seed, accelerator=accelerator, progress=accelerator.is_local_main_process, teacher=teacher,
+                              relation_weight=args.relation_weight)
         facts["data"] = f"{args.data} train, {len(data)} images, no labels"
         candidate.scaler_info[key]["data"] = facts["data"]
         previous_steps = _total_steps(previous) if start == "previous" else 0
