@@ -572,9 +572,9 @@ def test_learn_scalers_relation_weight_adds_the_weighted_relational_term(tiny_te
                               tiny_template.scalers_for(*teacher)["U"] / teacher[1] ** 0.5, relation_weight=weight)
 
     clean = normalize(images, cfg.mean, cfg.std)
+    net = distiller(0.0)
     with torch.no_grad():
-        plain, weighted = distiller(0.0)(clean), distiller(2.0)(clean)
-        net = distiller(0.0)
+        plain, weighted = net(clean), distiller(2.0)(clean)
         _, student = net._nets["student"].run(tiny_template.state_dict_for(3, 48), clean)
         _, target = net._nets["teacher"].run(net.teacher_state, clean)
     assert weighted.item() == pytest.approx((plain + 2.0 * relation_loss(student, target)).item(), rel=1e-4)
