@@ -35,13 +35,15 @@ def score_sizes(template, sizes: list[str], protocol) -> list[dict[str, Any]]:
         source = template.scaler_source(depth, width)
         metrics = evaluate_model(template.materialize(depth, width), protocol, cfg.mean, cfg.std, probe=True)
         row = {"size": spec, "scalers": source, "knn": round(metrics["knn"], 2), "linear_probe": round(metrics["linear_probe"], 2)}
-        if source == "learned":
+        if source == "learned" and [depth, width] in [list(a) for a in cfg.anchors]:
+            row["knn_derived"] = None  # an anchor whose pre-trained scalers were replaced: its weights alone are gone
+        elif source == "learned":
             derived = copy.deepcopy(template)
             derived.remove_scalers(depth, width)
             metrics = evaluate_model(derived.materialize(depth, width), protocol, cfg.mean, cfg.std, probe=True)
             row.update(knn_derived=round(metrics["knn"], 2), linear_probe_derived=round(metrics["linear_probe"], 2))
         print(f"{spec:>7} {source:<20} k-NN {row['knn']:5.1f}  probe {row['linear_probe']:5.1f}"
-              + (f"  (derived: k-NN {row['knn_derived']:5.1f})" if "knn_derived" in row else ""), flush=True)
+              + (f"  (derived: k-NN {row['knn_derived']:5.1f})" if row.get("knn_derived") is not None else ""), flush=True)
         rows.append(row)
     return rows
 
@@ -90,8 +92,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def derived_knn(row: dict[str, Any]) -> float:
-    """The k-NN of a size with the template's own weights only (derived scalers where learned ones ship)."""
-    return row.get("knn_derived", row["knn"])
+    """The k-NN of a size with the template's own weights only (derived scalers where learned ones ship); NaN at
+    an anchor whose pre-trained scalers were replaced by learned ones (``learn_scalers.py`` on an anchor)."""
+    value = row.get("knn_derived", row["knn"])
+    return float("nan") if value is None else value
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -22,9 +22,7 @@ template at the source's own size. Writes benchmarks/results/fit_vs_selection.js
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -42,14 +40,11 @@ INITS = ["fit_derived", "fit_learned", "weight_selection", "random"]
 
 def evaluate(model, protocol, cfg, eval_plan: dict[str, Any]) -> dict[str, Any]:
     """k-NN, linear probe and few-label fine-tuning (mean/std over seeds) of one initialized model."""
-    from training.evaluate import evaluate_model
+    from training.evaluate import evaluate_model, finetune_over_seeds
 
     feats = evaluate_model(model, protocol, cfg.mean, cfg.std, knn=True, probe=True)
-    scores = [evaluate_model(copy.deepcopy(model), protocol, cfg.mean, cfg.std, knn=False, finetune_steps=eval_plan["finetune_steps"],
-                             seed=seed)["finetune"] for seed in eval_plan["seeds"]]
     return {"knn": round(feats["knn"], 2), "linear_probe": round(feats["linear_probe"], 2),
-            "finetune_mean": round(statistics.mean(scores), 2),
-            "finetune_std": round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0}
+            **finetune_over_seeds(model, protocol, cfg.mean, cfg.std, eval_plan["finetune_steps"], eval_plan["seeds"])}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -85,17 +84,14 @@ def pretrain_overrides(plan: dict[str, Any], **changes: Any) -> list[str]:
 
 def evaluate_init(model, protocol, transfer, cfg, eval_plan: dict[str, Any]) -> dict[str, Any]:
     """Every metric of one initialized model: frozen k-NN / probe, transfer k-NN / probe, few-label fine-tuning."""
-    from training.evaluate import evaluate_model
+    from training.evaluate import evaluate_model, finetune_over_seeds
 
     row: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
     feats = evaluate_model(model, protocol, cfg.mean, cfg.std, knn=True, probe=True)
     row.update(knn=round(feats["knn"], 2), linear_probe=round(feats["linear_probe"], 2))
     tr = evaluate_model(model, transfer, cfg.mean, cfg.std, knn=True, probe=True)
     row.update(transfer_knn=round(tr["knn"], 2), transfer_linear_probe=round(tr["linear_probe"], 2))
-    scores = [evaluate_model(copy.deepcopy(model), protocol, cfg.mean, cfg.std, knn=False, finetune_steps=eval_plan["finetune_steps"],
-                             seed=seed)["finetune"] for seed in eval_plan["seeds"]]
-    row.update(finetune_mean=round(statistics.mean(scores), 2),
-               finetune_std=round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0, finetune_seeds=len(scores))
+    row.update(finetune_over_seeds(model, protocol, cfg.mean, cfg.std, eval_plan["finetune_steps"], eval_plan["seeds"]))
     return row
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from fractions import Fraction
 from typing import Any
@@ -363,13 +364,15 @@ def compare_section(r: dict[str, Any]) -> list[str]:
         cells = []
         for e in entries:
             x = e["rows"][i]
-            cells += [user_sizes(x["scalers"]), f"{x['knn']:.1f}", f"{derived_knn(x):.1f}", f"{x['linear_probe']:.1f}"]
+            weights_only = derived_knn(x)
+            cells += [user_sizes(x["scalers"]), f"{x['knn']:.1f}", "n/a" if math.isnan(weights_only) else f"{weights_only:.1f}",
+                      f"{x['linear_probe']:.1f}"]
         lines.append(md_row(row["size"], *cells))
     base = entries[0]
     for other in entries[1:]:
         spans = []
         for kind, read in (("weights only", derived_knn), ("with the scalers each ships", lambda x: x["knn"])):
-            gains = [read(o) - read(b) for b, o in zip(base["rows"], other["rows"])]
+            gains = [g for g in (read(o) - read(b) for b, o in zip(base["rows"], other["rows"])) if not math.isnan(g)]
             spans.append(f"{kind}: k-NN {min(gains):+.1f} to {max(gains):+.1f} (mean {sum(gains) / len(gains):+.2f}) over "
                          f"{len(gains)} sizes, higher at {sum(g > 0 for g in gains)}")
         lines += ["", f"{other['label']} - {base['label']}, {'; '.join(spans)}; one seed each, so differences under 1.5 "

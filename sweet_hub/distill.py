@@ -27,6 +27,7 @@ from torch.func import functional_call
 
 from .config import TemplateConfig, vit_args
 from .data import MultiCropAugment, normalize
+from .distributed import gather_batches
 from .tucker import materialize_state_dict
 
 __all__ = ["TokenDistiller", "TokenSkeleton", "distill", "distillation_loss", "relation_loss"]
@@ -83,9 +84,9 @@ class TokenDistiller(nn.Module):
     def core_tensors(self) -> dict[str, Tensor]:
         return dict(self.cores.items()) if hasattr(self, "cores") else self.frozen_cores
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, gather: bool = False) -> Tensor:
         """Mean (1 - cosine similarity) of student and teacher tokens in r-space (plus the
-        weighted relational term on pooled features)."""
+        weighted relational term on pooled features, over every process's images with ``gather``)."""
         if self.teacher_to_r.device != images.device:
             self.teacher_state = {k: v.to(images.device) for k, v in self.teacher_state.items()}
             self.teacher_to_r = self.teacher_to_r.to(images.device)
@@ -96,23 +97,35 @@ class TokenDistiller(nn.Module):
         student = tokens @ (self.scalers["U"] / math.sqrt(self.width))
         loss = (1 - F.cosine_similarity(student, target_tokens @ self.teacher_to_r, dim=-1)).mean()
         if self.relation_weight:
-            loss = loss + self.relation_weight * relation_loss(pooled, target_pooled)
+            loss = loss + self.relation_weight * relation_loss(pooled, target_pooled, gather=gather)
         return loss
 
 
-def relation_loss(student: Tensor, teacher: Tensor, temperature: float = 0.1) -> Tensor:
+def relation_loss(student: Tensor, teacher: Tensor, temperature: float = 0.1, gather: bool = False) -> Tensor:
     """KL(teacher || student) between each image's softmax over its cosine similarities to the
-    other images of the batch (its own similarity left out); features (N, D_student), (N, D_teacher)."""
-    n = len(student)
-    if n < 3:
+    other images of the batch (its own similarity left out); features (N, D_student), (N, D_teacher).
+
+    With ``gather`` (training under ``accelerate launch``) the other images are those of every
+    process (:func:`~sweet_hub.distributed.gather_batches`), so the mean of the per-process losses
+    equals the single-process loss of the whole global batch, however it is split.
+    """
+    offset = 0
+    candidates, teacher_candidates = student, teacher
+    if gather:
+        candidates, offset = gather_batches(student)
+        teacher_candidates, _ = gather_batches(teacher.detach())
+    n, total = len(student), len(candidates)
+    if total < 3:
         return student.new_zeros(())
-    others = ~torch.eye(n, dtype=torch.bool, device=student.device)
+    others = torch.ones(n, total, dtype=torch.bool, device=student.device)
+    others[torch.arange(n, device=student.device), torch.arange(n, device=student.device) + offset] = False
 
-    def log_neighbours(features: Tensor) -> Tensor:
-        unit = F.normalize(features.float(), dim=-1)
-        return F.log_softmax((unit @ unit.T)[others].view(n, n - 1) / temperature, dim=-1)
+    def log_neighbours(queries: Tensor, keys: Tensor) -> Tensor:
+        sims = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T
+        return F.log_softmax(sims[others].view(n, total - 1) / temperature, dim=-1)
 
-    return F.kl_div(log_neighbours(student), log_neighbours(teacher), log_target=True, reduction="batchmean")
+    return F.kl_div(log_neighbours(student, candidates), log_neighbours(teacher, teacher_candidates), log_target=True,
+                    reduction="batchmean")
 
 
 @torch.no_grad()
@@ -128,7 +141,8 @@ def distill(student: TokenDistiller, images: Tensor, steps: int = 300, batch_siz
     (images, steps, seconds, loss before and after on the un-augmented images).
 
     Warmup then cosine decay (timm's ``CosineLRScheduler``). Under ``accelerate launch`` every
-    process draws its own share of the batch (rank 0 alone draws what a single process draws).
+    process draws its own share of the batch (rank 0 alone draws what a single process draws), and
+    the relational term ranks each image among the whole global batch (gathered).
     """
     from timm.scheduler import CosineLRScheduler
     from tqdm.auto import tqdm
@@ -152,7 +166,7 @@ def distill(student: TokenDistiller, images: Tensor, steps: int = 300, batch_siz
         scheduler.step(step)
         index = torch.randint(len(images), (per_process,), generator=generator)
         (views,), _ = augment(images[index], seed * 1_000_003 + step + 7_919 * rank)
-        loss = student(views)
+        loss = student(views, gather=world > 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward() if accelerator is None else accelerator.backward(loss)
         optimizer.step()

@@ -243,8 +243,8 @@ class SweetTemplate(
             raise TemplateConfigError(f"teacher {format_size(*teacher)} is not an anchor of this template; choose one of "
                                       f"{', '.join(format_size(*a) for a in anchors)} (or leave it unset for the largest).")
         if teacher == (depth, width):
-            raise TemplateConfigError(f"{format_size(depth, width)} is the teacher itself: an anchor keeps the scalers pre-training "
-                                      f"gave it. Learn the scalers of another size, or choose another teacher.")
+            raise TemplateConfigError(f"{format_size(depth, width)} is the teacher itself: a size cannot copy its own tokens. "
+                                      f"Choose another anchor as teacher (or learn the scalers of another size).")
         return teacher
 
     def learn_scalers(self, depth: int, width: int, images: Tensor, steps: int = 300, batch_size: int = 128, lr: float = 1e-3,
@@ -457,16 +457,26 @@ class SweetTemplate(
     def save_scalers(self, save_directory: str | Path, depth: int, width: int) -> Path:
         """Add the stored scalers of one size to an existing template folder (after learning
         them) without rewriting the template file: the scaler file, the card, then config.json."""
-        save_directory = Path(save_directory)
-        key = size_key(depth, width)
         name = scaler_filename(depth, width)
+        self._update_folder(Path(save_directory), {name: self.stored_scalers(depth, width)}, {name: size_key(depth, width)})
+        return Path(save_directory) / name
+
+    def save_card(self, save_directory: str | Path) -> Path:
+        """Rewrite the card (README.md) and config.json of an existing template folder, e.g. after
+        ``card_info['metrics_table']`` was re-measured; the tensor files are not touched."""
+        self._update_folder(Path(save_directory), {}, {})
+        return Path(save_directory) / README_NAME
+
+    def _update_folder(self, save_directory: Path, scaler_files: Mapping[str, Mapping[str, Tensor]], keys: Mapping[str, str]) -> None:
+        """Stage the given scaler files, the card and config.json (which records every file's SHA-256),
+        then rename them into place, config.json last."""
         manifest = read_config_json(save_directory / CONFIG_NAME, str(save_directory)).get("files", {})
         with staged_folder(save_directory) as staging:
-            save_safetensors(self.stored_scalers(depth, width), staging / name, self._scaler_metadata(key))
+            for name, tensors in scaler_files.items():
+                save_safetensors(dict(tensors), staging / name, self._scaler_metadata(keys[name]))
+                manifest = {**manifest, name: file_sha256(staging / name)} if manifest else {}
             self.generate_model_card().save(staging / README_NAME)
-            manifest = {**manifest, name: file_sha256(staging / name)} if manifest else {}
             write_text(staging / CONFIG_NAME, self._config_json_text(manifest))
-        return save_directory / name
 
     def _config_json_text(self, manifest: Mapping[str, str]) -> str:
         data = config_json(self.config, self.scaler_info, self.card_info)

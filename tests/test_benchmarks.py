@@ -142,6 +142,7 @@ def test_compare_templates_small(tmp_path, template_dir):
 
     other = make_template(seed=1)
     other.add_scalers(3, 48, other.scalers_for(3, 48), source="learned")  # "learned" = the derived tensors, stored
+    other.add_scalers(2, 32, other.stored_scalers(2, 32), source="learned")  # an anchor re-learned: no weights-only score
     other.save_pretrained(tmp_path / "other")
     result = compare_templates.main(["--templates", str(template_dir), str(tmp_path / "other"), "--labels", "a", "b",
                                      "--sizes", "2x32", "3x48", "--train-size", "300", "--test-size", "200",
@@ -151,10 +152,12 @@ def test_compare_templates_small(tmp_path, template_dir):
     learned = b["rows"][1]
     assert learned["scalers"] == "learned" and learned["knn_derived"] == learned["knn"]  # same tensors, same score
     assert "knn_derived" not in a["rows"][1]
+    assert b["rows"][0]["scalers"] == "learned" and b["rows"][0]["knn_derived"] is None
     assert result["protocol"]["queries"] == "held-out train images"  # never the test split
     assert (tmp_path / "cmp.png").stat().st_size > 0
     section = "\n".join(readme_table.compare_section(result))
-    assert "b - a, weights only" in section and "over 2 sizes" in section
+    assert "b - a, weights only" in section and "over 1 sizes" in section and "over 2 sizes" in section
+    assert "| n/a |" in section  # the re-learned anchor's weights-only cell
     assert section.startswith("### a or b?") and "b is a with seed 1." in section  # the run says what it compared
     with pytest.raises(SystemExit):
         compare_templates.main(["--templates", str(template_dir), "--labels", "a", "b", "--out", str(tmp_path / "x.json")])

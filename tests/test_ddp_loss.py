@@ -1,8 +1,9 @@
-"""Under DDP the contrastive negatives come from every process (SimCLR's gather).
+"""Under DDP the in-batch losses see every process's images (SimCLR's gather): the contrastive
+negatives of pre-training and the neighbourhoods of the relational scaler-distillation term.
 
 Two CPU processes (gloo) each hold half of a global batch. With the gather, the mean of their
 losses and their averaged gradients (what DDP applies) equal the single-process loss and
-gradient of the whole batch; without it each process would only see its own half as negatives.
+gradient of the whole batch; without it each process would only see its own half.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sweet_hub.distill import relation_loss
 from training.selfsup import contrastive_loss, gather_batches
 
 BATCH, DIM, VIEWS = 8, 16, 3
@@ -32,18 +34,27 @@ def _problem() -> tuple[torch.nn.Linear, list[torch.Tensor]]:
     return layer, views
 
 
-def _loss(layer: torch.nn.Linear, views: list[torch.Tensor]) -> torch.Tensor:
+def _contrastive(layer: torch.nn.Linear, views: list[torch.Tensor], gather: bool) -> torch.Tensor:
     students = [F.normalize(layer(v), dim=-1) for v in views]
-    return contrastive_loss(students, students[:2], temperature=0.2, same_views=True)
+    return contrastive_loss(students, students[:2], temperature=0.2, same_views=True)  # always gathers under DDP
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _relation(layer: torch.nn.Linear, views: list[torch.Tensor], gather: bool) -> torch.Tensor:
+    """The student (width DIM) ranks its batch like a fixed teacher of another width (views[1] widened)."""
+    teacher = torch.cat([views[1], views[2]], dim=1)
+    return relation_loss(layer(views[0]), teacher, gather=gather)
+
+
+LOSSES = {"contrastive": _contrastive, "relation": _relation}
+
+
+def _worker(rank: int, world: int, port: int, out: str, name: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         layer, views = _problem()
         half = BATCH // world
-        loss = _loss(layer, [v[rank * half:(rank + 1) * half] for v in views])
+        loss = LOSSES[name](layer, [v[rank * half:(rank + 1) * half] for v in views], gather=True)
         loss.backward()
         grad = layer.weight.grad.clone()
         dist.all_reduce(grad)  # DDP averages gradients over processes
@@ -63,13 +74,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.timeout(120)
-def test_two_processes_contrast_against_the_whole_global_batch(tmp_path):
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_two_processes_see_the_whole_global_batch(tmp_path, name):
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), out, name), nprocs=2, join=True)
     result = torch.load(out)
 
     layer, views = _problem()
-    single = _loss(layer, views)
+    single = LOSSES[name](layer, views, gather=False)
     single.backward()
     # the same loss and gradient as one process on the whole batch
     assert torch.allclose(result["loss"], single.detach(), atol=1e-5), (result["loss"], single)
@@ -82,3 +94,11 @@ def test_without_a_process_group_gather_is_the_identity():
     x = torch.randn(4, 3)
     gathered, offset = gather_batches(x)
     assert gathered is x and offset == 0
+
+
+def test_without_the_gather_each_process_would_rank_its_own_half_only():
+    """The check above is not vacuous: the relational term of half a batch differs from the whole batch's."""
+    layer, views = _problem()
+    whole = _relation(layer, views, gather=False)
+    halves = torch.stack([_relation(layer, [v[i * 4:(i + 1) * 4] for v in views], gather=False) for i in range(2)]).mean()
+    assert abs(whole.item() - halves.item()) > 1e-3

@@ -531,6 +531,24 @@ def test_learn_scalers_again_continues_the_learned_scalers_and_must_beat_them(tm
         assert scaler_file.read_bytes() == stored and "held_out_knn_previous" not in info
 
 
+def test_learn_scalers_of_a_smaller_anchor_start_from_its_pre_trained_scalers(tmp_path, template_dir):
+    """An anchor copying a larger anchor: the run starts from (and under --keep-if-better must beat) the anchor's
+    pre-trained scalers, which the card names, and whichever wins stays an anchor of the config."""
+    run([sys.executable, str(ROOT / "training" / "learn_scalers.py"), "--template", str(template_dir), "--sizes", "2x32",
+         "--teacher", "4x64", "--num-images", "128", "--steps", "4", "--batch-size", "32", "--keep-if-better",
+         "--report", str(tmp_path / "r.json")])
+    facts = json.loads((tmp_path / "r.json").read_text())["sizes"]["2x32"]
+    assert set(facts["validation_knn"]) == {"anchor", "learned"}
+    assert facts["continued_from"] == "the anchor scalers of pre-training" and facts["total_steps"] == 4
+    from sweet_hub import SweetTemplate
+
+    loaded = SweetTemplate.from_pretrained(template_dir)
+    assert [2, 32] in [list(a) for a in loaded.config.anchors]
+    assert loaded.scaler_source(2, 32) == ("learned" if facts["kept"] else "anchor")
+    if facts["kept"]:
+        assert loaded.scaler_info["d2_w32"]["held_out_knn_anchor"] == facts["validation_knn"]["anchor"]
+
+
 def test_learn_scalers_copies_the_teacher_it_is_given(tiny_template):
     """--teacher picks the anchor whose tokens are copied: another target, so another loss from the same start."""
     images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
@@ -643,6 +661,48 @@ def test_evaluate_cli_writes_json(tmp_path, template_dir):
     report = json.loads(out.read_text())
     assert {"knn", "linear_probe", "finetune"} <= set(report) and 0 <= report["knn"] <= 100
     assert report["protocol"]["train"] == 300
+
+
+def test_evaluate_template_rewrites_the_card_table_and_leaves_the_tensors_untouched(tmp_path, template_dir):
+    before = template_tensors(template_dir)
+    out = tmp_path / "eval.json"
+    run([sys.executable, str(ROOT / "training" / "evaluate_template.py"), "--template", str(template_dir), "--sizes", "2x32", "3x48",
+         "--linear-probe", "--finetune-labels", "60", "--finetune-steps", "2", "--seeds", "0", "1", "--train-size", "300",
+         "--test-size", "200", "--update-card", "--json", str(out)])
+    results = json.loads(out.read_text())
+    rows = {(r["depth"], r["width"]): r for r in results["sizes"]}
+    assert rows[(2, 32)]["init"] == "anchor" and rows[(3, 48)]["init"].startswith("derived from")
+    for row in rows.values():
+        for key in ("knn", "linear_probe", "finetune_mean", "knn_random", "linear_probe_random", "finetune_mean_random"):
+            assert 0 <= row[key] <= 100, key
+        assert row["finetune_seeds"] == 2
+    assert {"raw_pixels_knn", "centred_pixels_knn", "pixels_linear_probe"} <= set(results)
+    card = (template_dir / "README.md").read_text()
+    assert "Weights as shipped" in card and "| 3x48 |" in card and "fine-tune random init" in card
+    assert f"{results['centred_pixels_knn']:.1f}% mean-centred" in card
+    from sweet_hub import SweetTemplate
+
+    reloaded = SweetTemplate.from_pretrained(template_dir)  # config.json's file hashes still match
+    assert reloaded.card_info["metrics_table"].startswith("Weights as shipped")
+    after = template_tensors(template_dir)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+    # --reuse: after new scalers for 3x48, only 3x48 is measured again; 2x32 (unchanged) comes from the first run
+    reloaded.add_scalers(3, 48, {k: v * 1.01 for k, v in reloaded.scalers_for(3, 48).items()}, source="learned")
+    reloaded.save_scalers(template_dir, 3, 48)
+    again = run([sys.executable, str(ROOT / "training" / "evaluate_template.py"), "--template", str(template_dir), "--sizes", "2x32",
+                 "3x48", "--linear-probe", "--finetune-labels", "60", "--finetune-steps", "2", "--seeds", "0", "1", "--train-size",
+                 "300", "--test-size", "200", "--reuse", str(out), "--json", str(tmp_path / "again.json")])
+    assert "measuring 1 size(s), reusing 1" in again.stdout
+    second = {(r["depth"], r["width"]): r for r in json.loads((tmp_path / "again.json").read_text())["sizes"]}
+    assert second[(2, 32)] == rows[(2, 32)] and second[(3, 48)]["init"] == "learned"
+    assert second[(3, 48)]["weights_sha256"] != rows[(3, 48)]["weights_sha256"]
+
+
+def test_evaluate_template_rejects_a_bad_size_before_reading_data(template_dir):
+    result = run([sys.executable, str(ROOT / "training" / "evaluate_template.py"), "--template", str(template_dir), "--sizes", "3x50"],
+                 check=False)
+    assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_knn_on_separable_features_is_perfect():

@@ -56,7 +56,7 @@ class EvalSettings:
     random_init: bool = _opt(True, "also evaluate timm's random init of each size")
     raw_pixels: bool = _opt(True, "also evaluate pixels (raw, centred, linear probe)")
     holdout: bool = _opt(False, "queries from held-out train images: a validation protocol for choosing recipes")
-    probe: bool = _opt(False, "also fit a linear probe on the frozen features")
+    probe: bool = _opt(False, "also fit a linear probe on the frozen features (of the template and of random init)")
 
 
 @dataclass

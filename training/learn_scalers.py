@@ -10,13 +10,15 @@ read), so a template never ships scalers worse than the ones it had (the zero-co
 or the learned ones a second run continues).
 
 The size's X, X_vec, U, V start from the template's scalers of that size: the derived ones (the
-zero-cost initialization used for any size without a scaler file), or its learned ones if it
-ships them (a run with more images or steps then continues them). They are trained to reproduce,
-token by token, the features of the template's largest anchor (``--teacher DxW``: another anchor,
-e.g. the one a small size is derived from). Student and teacher have different widths, so both are
-compared in the template's r-space (``tokens @ U / sqrt(width)``), the space the pre-training
-projection head reads. Only the scaler file, config.json and the model card of the template
-folder are rewritten; template.safetensors is never touched.
+zero-cost initialization used for any size without a scaler file), its learned ones if it ships
+them (a run with more images or steps then continues them), or an anchor's pre-trained ones (a
+smaller anchor may copy the largest; sizes derived from that anchor then derive from the result).
+They are trained to reproduce, token by token, the features of the template's largest anchor
+(``--teacher DxW``: another anchor, e.g. the one a small size is derived from). Student and
+teacher have different widths, so both are compared in the template's r-space (``tokens @ U /
+sqrt(width)``), the space the pre-training projection head reads; ``--relation-weight`` adds a
+term on the pooled features. Only the scaler file, config.json and the model card of the
+template folder are rewritten; template.safetensors is never touched.
 """
 
 from __future__ import annotations
@@ -102,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for depth, width in sizes:
         key = size_key(depth, width)
         candidate = copy.deepcopy(template) if validation is not None else template
-        start = "previous" if template.has_scalers(depth, width) else "derived"  # what the run starts from and must beat
         previous = dict(template.scaler_info.get(key, {}))  # a copy: learning in place replaces these facts
+        start = _start_label(template.has_scalers(depth, width), previous)  # what the run starts from and must beat
         facts = learn_scalers(candidate, depth, width, data.images, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                               seed=args.seed, accelerator=accelerator, progress=accelerator.is_local_main_process, teacher=teacher,
                               relation_weight=args.relation_weight)
@@ -111,8 +113,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         candidate.scaler_info[key]["data"] = facts["data"]
         previous_steps = _total_steps(previous) if start == "previous" else 0
         facts["total_steps"] = candidate.scaler_info[key]["total_steps"] = previous_steps + args.steps
-        if start == "previous":  # the card then tells the whole history of these scalers
-            facts["continued_from"] = f"learned scalers ({previous.get('images', '?')} images, {previous_steps} steps)"
+        if start != "derived":  # the card then tells the whole history of these scalers
+            facts["continued_from"] = ("the anchor scalers of pre-training" if start == "anchor" else
+                                       f"learned scalers ({previous.get('images', '?')} images, {previous_steps} steps)")
             candidate.scaler_info[key]["continued_from"] = facts["continued_from"]
         if validation is not None:
             facts["validation_knn"] = {start: _knn(template, depth, width, validation), "learned": _knn(candidate, depth, width, validation)}
@@ -130,6 +133,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.report:
             write_text(Path(args.report), json.dumps({"template": str(folder), "sizes": report}, indent=2) + "\n")
     return report if args.sizes else report[format_size(*sizes[0])]
+
+
+def _start_label(stored: bool, info: dict[str, Any]) -> str:
+    """'derived' (no stored scalers), 'anchor' (an anchor's scalers from pre-training) or 'previous' (learned before)."""
+    if not stored:
+        return "derived"
+    return "anchor" if info.get("source") == "anchor" else "previous"
 
 
 def _total_steps(info: dict[str, Any]) -> int:

@@ -21,6 +21,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from sweet_hub.distributed import gather_batches  # re-exported: training scripts import it from here
+
 __all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "apply_patch_masks", "contrastive_loss", "cosine_schedule",
            "gather_batches", "patchify", "pooled_and_tokens", "random_patch_masks", "set_lr"]
 
@@ -113,23 +115,6 @@ class _PooledAndTokens(VisionTransformer):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         return pooled_and_tokens(self, x)
-
-
-def gather_batches(tensor: Tensor) -> tuple[Tensor, int]:
-    """All processes' batches concatenated (rank order), with gradients flowing back to each
-    owner, and the offset of this process's rows. A no-op outside torch.distributed.
-
-    SimCLR gathers its negatives this way: with N processes of B images each, every image is
-    contrasted against N*B - 1 negatives, not B - 1, so the loss does not change when the same
-    global batch is split over more processes.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor, 0
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor)), dist.get_rank() * tensor.shape[0]
 
 
 def contrastive_loss(students: list[Tensor], targets: list[Tensor], temperature: float, same_views: bool) -> Tensor:
