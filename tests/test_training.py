@@ -684,6 +684,12 @@ def test_evaluate_template_rewrites_the_card_table_and_leaves_the_tensors_untouc
 
     reloaded = SweetTemplate.from_pretrained(template_dir)  # config.json's file hashes still match
     assert reloaded.card_info["metrics_table"].startswith("Weights as shipped")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import readme_table  # the README's section on the bundled template reads this same JSON
+
+    section = "\n".join(readme_table.bundled_section(results))
+    assert "| 3x48 | derived from" in section and "mean ± std over 2 seeds" in section
+    assert "fine-tuning 10 or more points above random init at" in section and "training/evaluate_template.py" in section
     after = template_tensors(template_dir)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 

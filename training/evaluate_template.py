@@ -12,7 +12,7 @@ scalers where it has them, derived otherwise), reads it with the same protocol (
 optionally a linear probe and few-label fine-tuning), beside timm's random init of the same
 size and the pixel baselines (raw and mean-centred k-NN, pixel probe). ``--update-card``
 rewrites the card's Evaluation table and config.json only; tensor files are not touched.
-``--reuse FILE`` (an earlier ``--json``) takes the rows of sizes whose weights and settings did
+``--reuse FILE ...`` (earlier ``--json`` files) takes the rows of sizes whose weights and settings did
 not change from it (each row records a SHA-256 of the tensors its size is made from), so after
 learning the scalers of one size only that size is measured again.
 
@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweet_hub import SweetHubError, SweetTemplate
-from sweet_hub.config import parse_size
+from sweet_hub.config import format_size, parse_size
 from sweet_hub.files import write_text
 from training.data import DataError
 
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-random-init", action="store_true", help="skip timm's random init of each size")
     parser.add_argument("--update-card", action="store_true", help="write the table into the folder's model card")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--reuse", metavar="JSON", help="an earlier --json: reuse the rows of sizes whose weights and settings are unchanged")
+    parser.add_argument("--reuse", metavar="JSON", nargs="+", default=[],
+                        help="earlier --json files: reuse the rows of sizes whose weights and settings are unchanged")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, all cores)")
     args = parser.parse_args(argv)
     if args.finetune_labels < 0 or args.finetune_steps < 1:
@@ -83,9 +84,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = {"protocol": protocol.description, "linear_probe": args.linear_probe, "random_init": not args.no_random_init,
                 "finetune": {"labels": args.finetune_labels, "steps": args.finetune_steps, "seeds": args.seeds} if args.finetune_labels else None}
     fingerprints = {size: weights_fingerprint(template, *size) for size in sizes}
-    reused = _reusable_rows(args.reuse, settings, fingerprints)
+    reused: dict[tuple[int, int], dict] = {}
+    reused_from: dict[str, str] = {}
+    for path in args.reuse:
+        rows = _reusable_rows(path, settings, fingerprints)
+        reused.update(rows)
+        reused_from.update({format_size(*size): path for size in rows})
     todo = [size for size in sizes if size not in reused]
-    print(f"measuring {len(todo)} size(s), reusing {len(reused)} from {args.reuse}" if args.reuse else f"measuring {len(todo)} size(s)")
+    print(f"measuring {len(todo)} size(s), reusing {len(reused)} from {', '.join(args.reuse)}" if args.reuse
+          else f"measuring {len(todo)} size(s)")
     results = evaluate_models(todo, template.materialize, template.scaler_source, cfg, protocol, probe=args.linear_probe,
                               random_init=not args.no_random_init, finetune_steps=args.finetune_steps if args.finetune_labels else 0,
                               seeds=args.seeds, progress=True)
@@ -94,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["settings"] = settings
     results["scope"] = ("Weights as shipped (each size from its stored scalers, or derived ones), measured by "
                         "`training/evaluate_template.py`.")
-    results["command"] = "python training/evaluate_template.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results["command"] = "python training/evaluate_template.py " + " ".join(_without_reuse(argv if argv is not None else sys.argv[1:]))
+    results["reused_from"] = reused_from
     table = metrics_markdown(results)
     print(table)
     if args.json:
@@ -103,6 +111,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         template.card_info["metrics_table"] = table
         print(f"card updated: {template.save_card(args.template)}")
     return results
+
+
+def _without_reuse(argv: list[str]) -> list[str]:
+    """The command line minus ``--reuse FILE ...``: reused rows equal what the plain command measures (same weights,
+    same settings), so the recorded command is the one that reproduces every row."""
+    out, skipping = [], False
+    for arg in argv:
+        if arg == "--reuse" or arg.startswith("--reuse="):
+            skipping = arg == "--reuse"
+            continue
+        if skipping and not arg.startswith("-"):
+            continue
+        skipping = False
+        out.append(arg)
+    return out
 
 
 def weights_fingerprint(template: SweetTemplate, depth: int, width: int) -> str:
@@ -115,10 +138,8 @@ def weights_fingerprint(template: SweetTemplate, depth: int, width: int) -> str:
     return digest.hexdigest()
 
 
-def _reusable_rows(path: str | None, settings: dict[str, Any], fingerprints: dict[tuple[int, int], str]) -> dict[tuple[int, int], dict]:
+def _reusable_rows(path: str, settings: dict[str, Any], fingerprints: dict[tuple[int, int], str]) -> dict[tuple[int, int], dict]:
     """Rows of an earlier run measured with the same settings on the same weights."""
-    if not path:
-        return {}
     try:
         earlier = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
