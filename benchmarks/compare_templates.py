@@ -35,7 +35,7 @@ def score_sizes(template, sizes: list[str], protocol) -> list[dict[str, Any]]:
         source = template.scaler_source(depth, width)
         metrics = evaluate_model(template.materialize(depth, width), protocol, cfg.mean, cfg.std, probe=True)
         row = {"size": spec, "scalers": source, "knn": round(metrics["knn"], 2), "linear_probe": round(metrics["linear_probe"], 2)}
-        if source == "learned" and [depth, width] in [list(a) for a in cfg.anchors]:
+        if source == "learned" and cfg.is_anchor(depth, width):
             row["knn_derived"] = None  # an anchor whose pre-trained scalers were replaced: its weights alone are gone
         elif source == "learned":
             derived = copy.deepcopy(template)

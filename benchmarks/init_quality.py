@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for init in INITS:
             model = build(init, d, w)
             row: dict[str, Any] = {"size": f"{d}x{w}", "depth": d, "width": w, "init": init,
-                                   "kind": "anchor" if (d, w) in [tuple(a) for a in cfg.anchors] else "unseen"}
+                                   "kind": "anchor" if cfg.is_anchor(d, w) else "unseen"}
             if model is None:
                 rows.append({**row, "available": False})
                 continue

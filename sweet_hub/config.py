@@ -224,6 +224,10 @@ class TemplateConfig:
     def num_patches(self) -> int:
         return (self.img_size // self.patch_size) ** 2
 
+    def is_anchor(self, depth: int, width: int) -> bool:
+        """Whether (depth, width) is one of the anchors (anchors may be stored as lists or tuples)."""
+        return (depth, width) in {tuple(a) for a in self.anchors}
+
     @property
     def largest_anchor(self) -> tuple[int, int]:
         return max(self.anchors, key=lambda a: (a[0] * a[1] ** 2, a[1]))

@@ -203,7 +203,7 @@ class SweetTemplate(
         key = size_key(depth, width)
         if key not in self.scalers:
             raise TemplateConfigError(f"No scalers are stored for {format_size(depth, width)}; stored: {', '.join(sorted(self.scalers))}.")
-        if [depth, width] in [list(a) for a in self.config.anchors]:
+        if self.config.is_anchor(depth, width):
             raise TemplateConfigError(f"{format_size(depth, width)} is an anchor of this template; its scalers cannot be removed.")
         del self.scalers[key]
         del self.scaler_info[key]
@@ -457,23 +457,23 @@ class SweetTemplate(
     def save_scalers(self, save_directory: str | Path, depth: int, width: int) -> Path:
         """Add the stored scalers of one size to an existing template folder (after learning
         them) without rewriting the template file: the scaler file, the card, then config.json."""
-        name = scaler_filename(depth, width)
-        self._update_folder(Path(save_directory), {name: self.stored_scalers(depth, width)}, {name: size_key(depth, width)})
-        return Path(save_directory) / name
+        self._update_folder(Path(save_directory), [(depth, width)])
+        return Path(save_directory) / scaler_filename(depth, width)
 
     def save_card(self, save_directory: str | Path) -> Path:
         """Rewrite the card (README.md) and config.json of an existing template folder, e.g. after
         ``card_info['metrics_table']`` was re-measured; the tensor files are not touched."""
-        self._update_folder(Path(save_directory), {}, {})
+        self._update_folder(Path(save_directory), [])
         return Path(save_directory) / README_NAME
 
-    def _update_folder(self, save_directory: Path, scaler_files: Mapping[str, Mapping[str, Tensor]], keys: Mapping[str, str]) -> None:
-        """Stage the given scaler files, the card and config.json (which records every file's SHA-256),
-        then rename them into place, config.json last."""
+    def _update_folder(self, save_directory: Path, sizes: list[tuple[int, int]]) -> None:
+        """Stage the scaler files of ``sizes``, the card and config.json (which records every file's
+        SHA-256), then rename them into place, config.json last."""
         manifest = read_config_json(save_directory / CONFIG_NAME, str(save_directory)).get("files", {})
         with staged_folder(save_directory) as staging:
-            for name, tensors in scaler_files.items():
-                save_safetensors(dict(tensors), staging / name, self._scaler_metadata(keys[name]))
+            for depth, width in sizes:
+                name = scaler_filename(depth, width)
+                save_safetensors(self.stored_scalers(depth, width), staging / name, self._scaler_metadata(size_key(depth, width)))
                 manifest = {**manifest, name: file_sha256(staging / name)} if manifest else {}
             self.generate_model_card().save(staging / README_NAME)
             write_text(staging / CONFIG_NAME, self._config_json_text(manifest))
