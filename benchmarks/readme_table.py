@@ -247,6 +247,48 @@ def equal_compute_section(r: dict[str, Any]) -> list[str]:
                     "![equal compute](benchmarks/results/equal_compute.png)", ""]
 
 
+def _recipe_change(recipe: list[str], base: list[str]) -> str:
+    """The settings of ``recipe`` that ``base`` (both KEY=VALUE lists) does not have: the column name of a recipe."""
+    return " ".join(item for item in recipe if item not in base) or "the same recipe"
+
+
+def equal_time_recipes_section(base: dict[str, Any], others: list[dict[str, Any]]) -> list[str]:
+    """Other SWEET recipes given the same wall-clock budget (``equal_compute.py --recipe ... --out
+    equal_compute_*.json``) beside the table's recipe, and whether each meets the equal-compute bars:
+    within 1 k-NN point of per-size pre-training at every anchor, ahead of weight selection at every
+    unseen size it can produce."""
+    runs = [base, *others]
+    names = ["table above", *(f"`{_recipe_change(r['recipe'], base['recipe'])}`" for r in others)]
+    lines = [
+        "Other recipes given the same budget, each converted to its own machine's clock (`equal_compute.py --recipe ... "
+        "--out benchmarks/results/equal_compute_*.json`; chosen on the validation protocol of the recipe study, not here):",
+        "",
+        *md_header("size", "metric", "per-size (own run)", "weight selection", *(f"SWEET, {n}" for n in names)),
+    ]
+    by_size = [{row["size"]: row for row in r["rows"]} for r in runs]
+    for row in base["rows"]:
+        for key in ("knn", "linear_probe", "finetune_mean"):
+            refs = [row.get(init, {}).get(key) for init in ("per_size", "weight_selection")]
+            ours = [rows.get(row["size"], {}).get(key) for rows in by_size]
+            lines.append(md_row(f"{row['size']} ({row['kind']})", METRICS[key],
+                                *("n/a" if c is None else f"{c:.1f}" for c in refs + ours)))
+    lines += ["", "k-NN against the bars: "]
+    verdicts = []
+    for name, run in zip(names, runs):
+        anchors = [(row["size"], row["knn"] - row["per_size"]["knn"]) for row in run["rows"] if row["kind"] == "anchor" and "per_size" in row]
+        unseen = [(row["size"], row["knn"] - row["weight_selection"]["knn"]) for row in run["rows"]
+                  if row["kind"] == "unseen" and "weight_selection" in row]
+        within = all(round(gap, 2) >= -1.0 for _, gap in anchors)
+        ahead = all(gap > 0 for _, gap in unseen)
+        gaps = ", ".join(f"{size} {gap:+.2f}" for size, gap in anchors)
+        leads = ", ".join(f"{size} {gap:+.2f}" for size, gap in unseen)
+        ran = run["pretraining"]["sweet_equal_time"]
+        verdicts.append(f"SWEET, {name} ({ran['images_seen']:,} images in {ran['train_seconds'] / 60:.1f} min): against per-size {gaps} ({'within 1 point at every anchor' if within else 'more than 1 point behind at some anchor'}); "
+                        f"against weight selection {leads} ({'ahead at every unseen size' if ahead else 'not ahead at every unseen size'})")
+    lines[-1] += "; ".join(verdicts) + "."
+    return lines + [""]
+
+
 def load_time_section(r: dict[str, Any]) -> list[str]:
     lines = [
         "### Load time",
@@ -559,6 +601,9 @@ def build_section() -> str:
                      ("train_overhead", overhead_section), ("storage_cost", storage_section)):
         data = _load(name)
         parts += fn(data) if data else [f"_{name}: not run yet (`{RUN_COMMANDS.get(name, f'python benchmarks/{name}.py')}`)._", ""]
+        others = [json.loads(path.read_text()) for path in sorted(RESULTS.glob(f"{name}_*.json")) if not path.stem.endswith("_quick")]
+        if name == "equal_compute" and data and data.get("recipe") and others:
+            parts += equal_time_recipes_section(data, others)
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 import sys
 from pathlib import Path
@@ -80,6 +82,15 @@ def test_init_quality_quick_harness(tmp_path, capsys):
     again = equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--quality", str(tmp_path / "iq.json"),
                                 "--out", str(tmp_path / "eq_recipe2.json"), "--recipe", "sandwich=true", "sandwich_all=true"])
     assert again["clock"] == clock and again["pretraining"]["sweet_equal_time"] == ran  # the cached run, not timed again
+    # other recipes at the same budget: a column each, named by what they change, and the equal-compute bars per column
+    other = copy.deepcopy(recipe)
+    other["recipe"] = [*recipe["recipe"], "n_local=0"]
+    for row in other["rows"]:
+        row["knn"] = max(row.get("per_size", {}).get("knn", 0.0), row.get("weight_selection", {}).get("knn", 0.0)) + 0.5
+    table = "\n".join(readme_table.equal_time_recipes_section(recipe, [other]))
+    assert "| SWEET, table above | SWEET, `n_local=0` |" in table and "sandwich=true" not in table.split("\n")[2]
+    bars = table.rsplit("SWEET, `n_local=0`", 1)[1]
+    assert "within 1 point at every anchor" in bars and "ahead at every unseen size" in bars
     capsys.readouterr()
     with pytest.raises(SystemExit):
         equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--recipe", "sandwich"])
