@@ -272,7 +272,6 @@ def equal_time_recipes_section(base: dict[str, Any], others: list[dict[str, Any]
             ours = [rows.get(row["size"], {}).get(key) for rows in by_size]
             lines.append(md_row(f"{row['size']} ({row['kind']})", METRICS[key],
                                 *("n/a" if c is None else f"{c:.1f}" for c in refs + ours)))
-    lines += ["", "k-NN against the bars: "]
     verdicts = []
     for name, run in zip(names, runs):
         anchors = [(row["size"], row["knn"] - row["per_size"]["knn"]) for row in run["rows"] if row["kind"] == "anchor" and "per_size" in row]
@@ -285,8 +284,13 @@ def equal_time_recipes_section(base: dict[str, Any], others: list[dict[str, Any]
         ran = run["pretraining"]["sweet_equal_time"]
         verdicts.append(f"SWEET, {name} ({ran['images_seen']:,} images in {ran['train_seconds'] / 60:.1f} min): against per-size {gaps} ({'within 1 point at every anchor' if within else 'more than 1 point behind at some anchor'}); "
                         f"against weight selection {leads} ({'ahead at every unseen size' if ahead else 'not ahead at every unseen size'})")
-    lines[-1] += "; ".join(verdicts) + "."
-    return lines + [""]
+    return lines + ["", "k-NN against the bars: " + "; ".join(verdicts) + ".", ""]
+
+
+def equal_compute_sections(r: dict[str, Any]) -> list[str]:
+    """The equal-compute table, then the other recipes run at the same budget (``equal_compute_*.json``), if any."""
+    others = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("equal_compute_*.json")) if not path.stem.endswith("_quick")]
+    return equal_compute_section(r) + (equal_time_recipes_section(r, others) if r.get("recipe") and others else [])
 
 
 def load_time_section(r: dict[str, Any]) -> list[str]:
@@ -595,15 +599,12 @@ def build_section() -> str:
     for name, fn in (("demo", demo_section), ("bundled", bundled_section), ("readout", readout_section), ("recipe_study", recipe_section),
                      ("compare_templates", compare_section),
                      ("init_quality", init_quality_section),
-                     ("equal_compute", equal_compute_section), ("derived_scalers", derived_section),
+                     ("equal_compute", equal_compute_sections), ("derived_scalers", derived_section),
                      ("fit_vs_selection", fit_section),
                      ("load_time", load_time_section),
                      ("train_overhead", overhead_section), ("storage_cost", storage_section)):
         data = _load(name)
         parts += fn(data) if data else [f"_{name}: not run yet (`{RUN_COMMANDS.get(name, f'python benchmarks/{name}.py')}`)._", ""]
-        others = [json.loads(path.read_text()) for path in sorted(RESULTS.glob(f"{name}_*.json")) if not path.stem.endswith("_quick")]
-        if name == "equal_compute" and data and data.get("recipe") and others:
-            parts += equal_time_recipes_section(data, others)
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -136,29 +136,29 @@ PLANS: dict[str, dict[str, Any]] = {
             # round 22: round 21 did not repeat round 20's gain at unseen sizes, but with both seeds the sandwich at lr 3e-3
             # lifted 8x192 and 12x384 and cost 4x64; so every anchor in each update (4x64 trained every step too), two
             # seeds against crops_r192_rerun5 / crops_r192_rerun5_s1
-            "r192_sandwich_all_lr3e-3": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3},
-            "r192_sandwich_all_lr3e-3_s1": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "seed": 1},
+            "r192_sandwich_all_lr3e-3": V3,
+            "r192_sandwich_all_lr3e-3_s1": {**V3, "seed": 1},
             # round 23: round 22 gave +0.65 / +1.2 (seed 0) and -0.05 / +0.25 (seed 1), and every sandwich run so far lifted
             # the probe at 8x192 and above; whether the lead grows with the budget, both at 3x it (36 min)
             "long3_crops_r192": {**R192, "budget_fraction": 3},
-            "long3_r192_sandwich_all_lr3e-3": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3},
+            "long3_r192_sandwich_all_lr3e-3": {**V3, "budget_fraction": 3},
             # round 24: with every anchor in each update (the bundled v3 recipe), 8x192 stays the best size and the larger
             # ones trail it (they are derived from or distilled from it); a fourth, larger anchor (10x256: one more depth and
             # width, its step 2.2x an 8x192 one) beside the v3 recipe re-run on the same machine, both at 3x the budget
-            "long3_v3_rerun": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3},
-            "long3_v3_a10x256": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3,
+            "long3_v3_rerun": {**V3, "budget_fraction": 3},
+            "long3_v3_a10x256": {**V3, "budget_fraction": 3,
                                  "template.anchors": [[4, 64], [6, 128], [8, 192], [10, 256]]},
             # round 25: bf16 autocast (+13% images per second in round 18, no quality cost there) on the v3 recipe, read
             # against round 24's long3_v3_rerun; beside it the v3 recipe with seed 1, the seed noise of the 36-min runs
-            "long3_v3_bf16": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3,
+            "long3_v3_bf16": {**V3, "budget_fraction": 3,
                               "mixed_precision": "bf16"},
-            "long3_v3_rerun_s1": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3, "seed": 1},
+            "long3_v3_rerun_s1": {**V3, "budget_fraction": 3, "seed": 1},
             # round 26 (defined, not yet run): the v3 recipe moves quality from the small anchors to 8x192 at equal time
             # (equal_compute: 4x64 -1.35, 6x128 -2.5 under per-size); weigh the smaller anchors' losses twice, or scale widths
             # on a quarter of the steps (the smaller anchors then train at their own width more often), read against a v3 re-run
-            "long3_v3_lossw221": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3,
+            "long3_v3_lossw221": {**V3, "budget_fraction": 3,
                                   "anchor_loss_weights": [2, 2, 1]},
-            "long3_v3_wss0.25": {**R192, "sandwich": True, "sandwich_all": True, "lr": 3.0e-3, "budget_fraction": 3,
+            "long3_v3_wss0.25": {**V3, "budget_fraction": 3,
                                  "width_scaling_p": 0.25},
             # round 27: the read-outs lose 3 k-NN points between the final tokens (82-83, flattened) and their mean (the
             # protocol), and the contrastive loss makes the mean invariant to what the crops move; on centred 28x28
