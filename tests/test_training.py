@@ -693,16 +693,35 @@ def test_evaluate_template_rewrites_the_card_table_and_leaves_the_tensors_untouc
     after = template_tensors(template_dir)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
-    # --reuse: after new scalers for 3x48, only 3x48 is measured again; 2x32 (unchanged) comes from the first run
+    # --reuse: after new scalers for 3x48, only 3x48 is measured again (not its random init); 2x32 (unchanged) comes from the
+    # first run
     reloaded.add_scalers(3, 48, {k: v * 1.01 for k, v in reloaded.scalers_for(3, 48).items()}, source="learned")
     reloaded.save_scalers(template_dir, 3, 48)
     again = run([sys.executable, str(ROOT / "training" / "evaluate_template.py"), "--template", str(template_dir), "--sizes", "2x32",
                  "3x48", "--linear-probe", "--finetune-labels", "60", "--finetune-steps", "2", "--seeds", "0", "1", "--train-size",
                  "300", "--test-size", "200", "--reuse", str(out), "--json", str(tmp_path / "again.json")])
-    assert "measuring 1 size(s), reusing 1" in again.stdout
+    assert "measuring 1 size(s) (1 of them without their random init), reusing 1" in again.stdout
     second = {(r["depth"], r["width"]): r for r in json.loads((tmp_path / "again.json").read_text())["sizes"]}
     assert second[(2, 32)] == rows[(2, 32)] and second[(3, 48)]["init"] == "learned"
     assert second[(3, 48)]["weights_sha256"] != rows[(3, 48)]["weights_sha256"]
+
+    # a retrained template (new cores, same architecture): every size is measured, its random init is reused
+    with torch.no_grad():
+        for core in reloaded.cores.values():
+            core.mul_(1.01)
+    reloaded.save_pretrained(template_dir)
+    third = run([sys.executable, str(ROOT / "training" / "evaluate_template.py"), "--template", str(template_dir), "--sizes", "2x32",
+                 "3x48", "--linear-probe", "--finetune-labels", "60", "--finetune-steps", "2", "--seeds", "0", "1", "--train-size",
+                 "300", "--test-size", "200", "--reuse", str(tmp_path / "again.json"), "--json", str(tmp_path / "third.json")])
+    assert "measuring 2 size(s) (2 of them without their random init), reusing 0" in third.stdout
+    retrained = json.loads((tmp_path / "third.json").read_text())
+    for row in retrained["sizes"]:
+        size = (row["depth"], row["width"])
+        assert row["weights_sha256"] != second[size]["weights_sha256"]
+        assert {k: v for k, v in row.items() if k.endswith("_random")} == \
+            {k: v for k, v in second[size].items() if k.endswith("_random")}
+        assert row["random_init_sha256"] == second[size]["random_init_sha256"]
+    assert set(retrained["reused_from"]) == {"2x32 random init", "3x48 random init"}
 
 
 def test_evaluate_template_rejects_a_bad_size_before_reading_data(template_dir):

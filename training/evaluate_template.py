@@ -14,7 +14,9 @@ size and the pixel baselines (raw and mean-centred k-NN, pixel probe). ``--updat
 rewrites the card's Evaluation table and config.json only; tensor files are not touched.
 ``--reuse FILE ...`` (earlier ``--json`` files) takes the rows of sizes whose weights and settings did
 not change from it (each row records a SHA-256 of the tensors its size is made from), so after
-learning the scalers of one size only that size is measured again.
+learning the scalers of one size only that size is measured again. The random-init columns are
+taken on their own when only the template changed (each row also records a SHA-256 of its random
+init's tensors), so evaluating a retrained template costs half.
 
 The protocol is the demo's (5000 train / 2000 *test* images, seed 0): a report, never a
 criterion for choosing scalers (``learn_scalers.py --keep-if-better`` chooses on held-out train
@@ -35,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweet_hub import SweetHubError, SweetTemplate
-from sweet_hub.config import format_size, parse_size
+from sweet_hub.config import TemplateConfig, format_size, parse_size
 from sweet_hub.files import write_text
 from training.data import DataError
 
@@ -84,19 +86,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = {"protocol": protocol.description, "linear_probe": args.linear_probe, "random_init": not args.no_random_init,
                 "finetune": {"labels": args.finetune_labels, "steps": args.finetune_steps, "seeds": args.seeds} if args.finetune_labels else None}
     fingerprints = {size: weights_fingerprint(template, *size) for size in sizes}
+    random_fingerprints = {size: random_init_fingerprint(cfg, *size) for size in sizes} if settings["random_init"] else {}
     reused: dict[tuple[int, int], dict] = {}
+    known_random: dict[tuple[int, int], dict] = {}
     reused_from: dict[str, str] = {}
     for path in args.reuse:
-        rows = _reusable_rows(path, settings, fingerprints)
+        rows, random_columns = _reusable_rows(path, settings, fingerprints, random_fingerprints)
         reused.update(rows)
+        known_random.update(random_columns)
         reused_from.update({format_size(*size): path for size in rows})
+        reused_from.update({f"{format_size(*size)} random init": path for size in random_columns if size not in rows})
     todo = [size for size in sizes if size not in reused]
-    print(f"measuring {len(todo)} size(s), reusing {len(reused)} from {', '.join(args.reuse)}" if args.reuse
-          else f"measuring {len(todo)} size(s)")
+    known_random = {size: columns for size, columns in known_random.items() if size in todo}
+    print(f"measuring {len(todo)} size(s) ({len(known_random)} of them without their random init), reusing {len(reused)} "
+          f"from {', '.join(args.reuse)}" if args.reuse else f"measuring {len(todo)} size(s)")
     results = evaluate_models(todo, template.materialize, template.scaler_source, cfg, protocol, probe=args.linear_probe,
-                              random_init=not args.no_random_init, finetune_steps=args.finetune_steps if args.finetune_labels else 0,
-                              seeds=args.seeds, progress=True)
-    measured = {(r["depth"], r["width"]): {**r, "weights_sha256": fingerprints[(r["depth"], r["width"])]} for r in results["sizes"]}
+                              random_init=settings["random_init"], finetune_steps=args.finetune_steps if args.finetune_labels else 0,
+                              seeds=args.seeds, progress=True, known_random=known_random)
+    measured = {(r["depth"], r["width"]): {**r, "weights_sha256": fingerprints[(r["depth"], r["width"])],
+                                           **({"random_init_sha256": random_fingerprints[(r["depth"], r["width"])]}
+                                              if random_fingerprints else {})}
+                for r in results["sizes"]}
     results["sizes"] = [reused.get(size) or measured[size] for size in sizes]
     results["settings"] = settings
     results["scope"] = ("Weights as shipped (each size from its stored scalers, or derived ones), measured by "
@@ -128,18 +138,31 @@ def _without_reuse(argv: list[str]) -> list[str]:
     return out
 
 
-def weights_fingerprint(template: SweetTemplate, depth: int, width: int) -> str:
-    """SHA-256 of every tensor the size is materialized from: the cores and its scalers (stored or derived)."""
+def tensors_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names and float32 values), independent of their order."""
     digest = hashlib.sha256()
-    tensors = {**{f"core.{k}": v for k, v in template.cores.items()}, **template.scalers_for(depth, width)}
     for name in sorted(tensors):
         digest.update(name.encode())
         digest.update(tensors[name].detach().float().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
-def _reusable_rows(path: str, settings: dict[str, Any], fingerprints: dict[tuple[int, int], str]) -> dict[tuple[int, int], dict]:
-    """Rows of an earlier run measured with the same settings on the same weights."""
+def weights_fingerprint(template: SweetTemplate, depth: int, width: int) -> str:
+    """SHA-256 of every tensor the size is materialized from: the cores and its scalers (stored or derived)."""
+    return tensors_fingerprint({**{f"core.{k}": v for k, v in template.cores.items()}, **template.scalers_for(depth, width)})
+
+
+def random_init_fingerprint(cfg: TemplateConfig, depth: int, width: int) -> str:
+    """SHA-256 of the random-init reference of a size: the same architecture and seed give the same tensors."""
+    from training.report import random_vit
+
+    return tensors_fingerprint(random_vit(cfg, depth, width).state_dict())
+
+
+def _reusable_rows(path: str, settings: dict[str, Any], fingerprints: dict[tuple[int, int], str],
+                   random_fingerprints: dict[tuple[int, int], str]) -> tuple[dict[tuple[int, int], dict], dict[tuple[int, int], dict]]:
+    """Rows of an earlier run measured with the same settings on the same weights, and the random-init
+    columns of rows whose random init is the same (a retrained template keeps the architecture)."""
     try:
         earlier = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -147,9 +170,12 @@ def _reusable_rows(path: str, settings: dict[str, Any], fingerprints: dict[tuple
         raise SystemExit(2) from None
     if earlier.get("settings") != settings:
         print(f"--reuse {path}: measured with other settings (protocol, probe, fine-tuning or random init); nothing reused")
-        return {}
+        return {}, {}
     rows = {(r["depth"], r["width"]): r for r in earlier.get("sizes", []) if r.get("available", True)}
-    return {size: rows[size] for size, sha in fingerprints.items() if size in rows and rows[size].get("weights_sha256") == sha}
+    same_weights = {size: rows[size] for size, sha in fingerprints.items() if size in rows and rows[size].get("weights_sha256") == sha}
+    same_random = {size: {k: v for k, v in rows[size].items() if k.endswith("_random") or k == "random_init_sha256"}
+                   for size, sha in random_fingerprints.items() if size in rows and rows[size].get("random_init_sha256") == sha}
+    return same_weights, same_random
 
 
 if __name__ == "__main__":

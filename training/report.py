@@ -37,12 +37,15 @@ def evaluate_sizes(cfg: TrainConfig, method: PretrainMethod) -> dict[str, Any]:
 def evaluate_models(sizes: list[tuple[int, int]], model_for: Callable[[int, int], torch.nn.Module | None],
                     describe: Callable[[int, int], str], tcfg: TemplateConfig, protocol: EvalProtocol, probe: bool = False,
                     random_init: bool = True, pixels: bool = True, finetune_steps: int = 0, seeds: list[int] | None = None,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, known_random: dict[tuple[int, int], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Rows of metrics of ``model_for(depth, width)`` at each size (None: not available), each
     beside timm's random init of the same size read the same way, and the pixel baselines.
 
     ``finetune_steps`` > 0 adds few-label fine-tuning on ``protocol.finetune_train`` (mean/std over
-    ``seeds``) of the model and of its random init."""
+    ``seeds``) of the model and of its random init. ``known_random`` maps a size to its random-init
+    columns (keys ending in ``_random``) measured earlier with the same protocol: random init does not
+    depend on the template, and reading it costs as much as reading the template's model."""
+    known_random = known_random or {}
     from tqdm.auto import tqdm
 
     seeds = list(seeds or [0])
@@ -54,7 +57,10 @@ def evaluate_models(sizes: list[tuple[int, int]], model_for: Callable[[int, int]
             continue
         row = dict(depth=depth, width=width, available=True, params=sum(p.numel() for p in model.parameters()),
                    init=describe(depth, width))
-        references = [("", model)] + ([("_random", random_vit(tcfg, depth, width))] if random_init else [])
+        measure_random = random_init and (depth, width) not in known_random
+        references = [("", model)] + ([("_random", random_vit(tcfg, depth, width))] if measure_random else [])
+        if random_init and not measure_random:
+            row.update(known_random[(depth, width)])
         for suffix, net in references:
             metrics = evaluate_model(net, protocol, tcfg.mean, tcfg.std, probe=probe)
             row[f"knn{suffix}"] = round(metrics["knn"], 2)
