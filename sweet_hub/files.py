@@ -28,8 +28,8 @@ from safetensors.torch import save_file
 from .config import FORMAT_VERSION, READABLE_FORMAT_VERSIONS
 from .errors import DiskFullError, TemplateFileError
 
-__all__ = ["FORMAT_SCALERS", "FORMAT_TEMPLATE", "atomic_write", "file_sha256", "fsync", "read_safetensors", "save_safetensors",
-           "staged_folder", "write_text"]
+__all__ = ["FORMAT_SCALERS", "FORMAT_TEMPLATE", "atomic_write", "file_sha256", "folder_lock_path", "fsync", "read_safetensors",
+           "save_safetensors", "staged_folder", "write_text"]
 
 #: dtypes a template or scaler file may hold (read as float32)
 _FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
@@ -113,6 +113,13 @@ def staged_folder(directory: str | Path, last: Sequence[str] = ("config.json",))
             os.replace(staging / name, directory / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def folder_lock_path(directory: str | Path) -> str:
+    """An inter-process lock file for a folder's read-modify-write of config.json, kept in the temp
+    folder so it is never pushed to the Hub or packed into a wheel with the folder."""
+    digest = hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / f"sweet-hub-folder-{digest}.lock")
 
 
 def file_sha256(path: str | Path) -> str:

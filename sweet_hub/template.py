@@ -49,7 +49,8 @@ from .config import (
 from .decompose import SourceViT, decompose, full_ranks, read_source, reconstruction_errors, refine
 from .distill import TokenDistiller, distill
 from .errors import FitError, TemplateConfigError, TemplateFileError
-from .files import FORMAT_SCALERS, FORMAT_TEMPLATE, file_sha256, read_safetensors, save_safetensors, staged_folder, write_text
+from .files import (FORMAT_SCALERS, FORMAT_TEMPLATE, file_sha256, folder_lock_path, read_safetensors, save_safetensors, staged_folder,
+                    write_text)
 from .hub import TemplateFiles, resolve_template_files
 from .tucker import derive_scalers, init_cores, init_scalers, materialize_state_dict
 
@@ -456,30 +457,41 @@ class SweetTemplate(
 
     def save_scalers(self, save_directory: str | Path, depth: int, width: int) -> Path:
         """Add the stored scalers of one size to an existing template folder (after learning
-        them) without rewriting the template file: the scaler file, the card, then config.json."""
+        them) without rewriting the template file: the scaler file, the card, then config.json.
+
+        Only this size's entry changes: the other sizes' entries are read from the folder under a
+        lock, so several ``learn_scalers.py`` runs can add sizes to one folder at the same time."""
         self._update_folder(Path(save_directory), [(depth, width)])
         return Path(save_directory) / scaler_filename(depth, width)
 
     def save_card(self, save_directory: str | Path) -> Path:
         """Rewrite the card (README.md) and config.json of an existing template folder, e.g. after
-        ``card_info['metrics_table']`` was re-measured; the tensor files are not touched."""
+        ``card_info['metrics_table']`` was re-measured; the tensor files are not touched, and the
+        scaler entries are the folder's (which a concurrent ``save_scalers`` may have just changed)."""
         self._update_folder(Path(save_directory), [])
         return Path(save_directory) / README_NAME
 
     def _update_folder(self, save_directory: Path, sizes: list[tuple[int, int]]) -> None:
         """Stage the scaler files of ``sizes``, the card and config.json (which records every file's
-        SHA-256), then rename them into place, config.json last."""
-        manifest = read_config_json(save_directory / CONFIG_NAME, str(save_directory)).get("files", {})
-        with staged_folder(save_directory) as staging:
-            for depth, width in sizes:
-                name = scaler_filename(depth, width)
-                save_safetensors(self.stored_scalers(depth, width), staging / name, self._scaler_metadata(size_key(depth, width)))
-                manifest = {**manifest, name: file_sha256(staging / name)} if manifest else {}
-            self.generate_model_card().save(staging / README_NAME)
-            write_text(staging / CONFIG_NAME, self._config_json_text(manifest))
+        SHA-256), then rename them into place, config.json last. Read-modify-write of config.json
+        under an inter-process lock (kept in the temp folder, not in the template folder)."""
+        from filelock import FileLock
 
-    def _config_json_text(self, manifest: Mapping[str, str]) -> str:
-        data = config_json(self.config, self.scaler_info, self.card_info)
+        with FileLock(folder_lock_path(save_directory)):
+            on_disk = read_config_json(save_directory / CONFIG_NAME, str(save_directory))
+            manifest = on_disk.get("files", {})
+            saved = {size_key(depth, width): self.scaler_info[size_key(depth, width)] for depth, width in sizes}
+            scaler_info = {**on_disk.get("scalers", {}), **saved}
+            with staged_folder(save_directory) as staging:
+                for depth, width in sizes:
+                    name = scaler_filename(depth, width)
+                    save_safetensors(self.stored_scalers(depth, width), staging / name, self._scaler_metadata(size_key(depth, width)))
+                    manifest = {**manifest, name: file_sha256(staging / name)} if manifest else {}
+                template_card(self.config, scaler_info, self.num_template_params(), self.card_info).save(staging / README_NAME)
+                write_text(staging / CONFIG_NAME, self._config_json_text(manifest, scaler_info))
+
+    def _config_json_text(self, manifest: Mapping[str, str], scaler_info: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+        data = config_json(self.config, self.scaler_info if scaler_info is None else scaler_info, self.card_info)
         if manifest:
             data["files"] = dict(manifest)
         return json.dumps(data, indent=2) + "\n"

@@ -214,3 +214,37 @@ def test_template_takes_a_config_or_fields():
     assert sweet_hub.parse_size(sweet_hub.format_size(8, 192)) == (8, 192) == sweet_hub.parse_size("d8_w192")
     with pytest.raises(sweet_hub.SizeError, match="8x192"):
         sweet_hub.parse_size("8 by 192")
+
+
+def _save_learned_sizes(folder: str, sizes: list[tuple[int, int]], factor: float) -> None:
+    """One learn_scalers-like process: load the folder, learn (here: scale) some sizes, save each."""
+    torch.set_num_threads(1)
+    template = SweetTemplate.from_pretrained(folder)
+    for depth, width in sizes:
+        template.add_scalers(depth, width, {k: v * factor for k, v in template.scalers_for(depth, width).items()}, source="learned")
+        template.save_scalers(folder, depth, width)
+
+
+def test_processes_saving_scalers_into_one_folder_keep_each_others_sizes(template_dir):
+    """save_scalers changes only its own size's entry (under a lock): runs that learn different sizes into
+    the same folder at the same time do not drop each other's entries from config.json."""
+    import multiprocessing
+
+    first, second = [(3, 48), (1, 16), (5, 80)], [(2, 48), (3, 16), (5, 32)]
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_save_learned_sizes, args=(str(template_dir), sizes, factor))
+               for sizes, factor in ((first, 1.5), (second, 0.5))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    loaded = SweetTemplate.from_pretrained(template_dir)  # config.json's file hashes match every file
+    assert set(loaded.sizes) == {(2, 32), (4, 64), *first, *second}
+    derived = make_template()
+    for sizes, factor in ((first, 1.5), (second, 0.5)):
+        for depth, width in sizes:
+            assert loaded.scaler_source(depth, width) == "learned"
+            torch.testing.assert_close(loaded.scalers_for(depth, width)["U"], derived.scalers_for(depth, width)["U"] * factor)
+    card = (template_dir / "README.md").read_text()
+    assert all(f"| {d}x{w} | `scalers/d{d}_w{w}.safetensors` | learned |" in card for d, w in first + second)

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise DataError(f"--update-card writes into a local template folder; '{args.template}' is not one (download it "
                             f"first with `hf download {args.template} --local-dir DIR`).")
         template = SweetTemplate.from_pretrained(args.template)
-        sizes = [parse_size(s) for s in args.sizes] if args.sizes else template.sizes()
+        sizes = [parse_size(s) for s in args.sizes] if args.sizes else template.sizes
         for depth, width in sizes:
             template.config.check_size(depth, width)  # a bad size fails before any data is read
         cfg = template.config

@@ -18,7 +18,8 @@ They are trained to reproduce, token by token, the features of the template's la
 teacher have different widths, so both are compared in the template's r-space (``tokens @ U /
 sqrt(width)``), the space the pre-training projection head reads; ``--relation-weight`` adds a
 term on the pooled features. Only the scaler file, config.json and the model card of the
-template folder are rewritten; template.safetensors is never touched.
+template folder are rewritten; template.safetensors is never touched. Each size's entry is
+written under a lock, so runs on other sizes may share the folder (one process per core).
 """
 
 from __future__ import annotations
