@@ -90,14 +90,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reused: dict[tuple[int, int], dict] = {}
     known_random: dict[tuple[int, int], dict] = {}
     reused_from: dict[str, str] = {}
+    random_from: dict[tuple[int, int], str] = {}
     for path in args.reuse:
         rows, random_columns = _reusable_rows(path, settings, fingerprints, random_fingerprints)
         reused.update(rows)
         known_random.update(random_columns)
         reused_from.update({format_size(*size): path for size in rows})
-        reused_from.update({f"{format_size(*size)} random init": path for size in random_columns if size not in rows})
+        random_from.update({size: path for size in random_columns})
     todo = [size for size in sizes if size not in reused]
     known_random = {size: columns for size, columns in known_random.items() if size in todo}
+    reused_from.update({f"{format_size(*size)} random init": random_from[size] for size in known_random})
     print(f"measuring {len(todo)} size(s) ({len(known_random)} of them without their random init), reusing {len(reused)} "
           f"from {', '.join(args.reuse)}" if args.reuse else f"measuring {len(todo)} size(s)")
     results = evaluate_models(todo, template.materialize, template.scaler_source, cfg, protocol, probe=args.linear_probe,
