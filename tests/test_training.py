@@ -710,8 +710,9 @@ def test_evaluate_template_rewrites_the_card_table_and_leaves_the_tensors_untouc
         for core in reloaded.cores.values():
             core.mul_(1.01)
     reloaded.save_pretrained(template_dir)
-    third = run([sys.executable, str(ROOT / "training" / "evaluate_template.py"), "--template", str(template_dir), "--linear-probe", "--finetune-labels", "60", "--finetune-steps", "2", "--seeds", "0", "1", "--train-size",
-                 "300", "--test-size", "200", "--reuse", str(tmp_path / "again.json"), "--json", str(tmp_path / "third.json")])
+    third = run([sys.executable, str(ROOT / "training" / "evaluate_template.py"), "--template", str(template_dir), "--linear-probe",
+                 "--finetune-labels", "60", "--finetune-steps", "2", "--seeds", "0", "1", "--train-size", "300", "--test-size", "200",
+                 "--reuse", str(tmp_path / "again.json"), "--json", str(tmp_path / "third.json")])
     # no --sizes: the sizes the folder stores, so 4x64 is measured with its random init
     assert "measuring 3 size(s) (2 of them without their random init), reusing 0" in third.stdout
     retrained = json.loads((tmp_path / "third.json").read_text())

@@ -45,10 +45,10 @@ def evaluate_models(sizes: list[tuple[int, int]], model_for: Callable[[int, int]
     ``seeds``) of the model and of its random init. ``known_random`` maps a size to its random-init
     columns (keys ending in ``_random``) measured earlier with the same protocol: random init does not
     depend on the template, and reading it costs as much as reading the template's model."""
-    known_random = known_random or {}
     from tqdm.auto import tqdm
 
     seeds = list(seeds or [0])
+    known_random = known_random or {}
     rows = []
     for depth, width in tqdm(sizes, desc="evaluate sizes", disable=not progress):
         model = model_for(depth, width)
