@@ -436,8 +436,16 @@ class SweetTemplate(
         """Stage every file, then rename them into place, config.json last (it is what makes the
         folder a template); a failure while writing leaves the previous template untouched.
         config.json records the SHA-256 of each tensor file, so a load that races a save sees the
-        mix and retries. Scaler files of sizes this template no longer stores are removed."""
+        mix and retries. Scaler files of sizes this template no longer stores are removed. Runs under
+        the folder's lock, so it never interleaves with a ``save_scalers`` of another process."""
+        from filelock import FileLock
+
         save_directory = Path(save_directory)
+        with FileLock(folder_lock_path(save_directory)):
+            self._write_folder(save_directory, model_card_kwargs)
+
+    def _write_folder(self, save_directory: Path, model_card_kwargs: dict[str, Any] | None) -> None:
+        """Every file of the template, staged and renamed into place (the caller holds the folder lock)."""
         cfg = self.config
         with staged_folder(save_directory) as staging:
             names = []

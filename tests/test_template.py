@@ -248,3 +248,23 @@ def test_processes_saving_scalers_into_one_folder_keep_each_others_sizes(templat
             torch.testing.assert_close(loaded.scalers_for(depth, width)["U"], derived.scalers_for(depth, width)["U"] * factor)
     card = (template_dir / "README.md").read_text()
     assert all(f"| {d}x{w} | `scalers/d{d}_w{w}.safetensors` | learned |" in card for d, w in first + second)
+
+
+def test_save_pretrained_waits_for_the_folder_lock(tmp_path):
+    """A full save takes the same inter-process lock as save_scalers, so it never interleaves with a
+    learn_scalers run writing into that folder (fcntl locks conflict across open files, as across processes)."""
+    import threading
+
+    from filelock import FileLock
+
+    from sweet_hub.files import folder_lock_path
+
+    folder = tmp_path / "t"
+    saver = threading.Thread(target=make_template().save_pretrained, args=(folder,))
+    with FileLock(folder_lock_path(folder)):
+        saver.start()
+        saver.join(timeout=1.0)
+        assert saver.is_alive() and not (folder / "config.json").exists()
+    saver.join(timeout=60)
+    assert not saver.is_alive()
+    assert SweetTemplate.from_pretrained(folder).sizes == [(2, 32), (4, 64)]
