@@ -2,11 +2,11 @@
 
     python benchmarks/equal_compute.py            # after (or during) benchmarks/init_quality.py (full plan)
     python benchmarks/equal_compute.py --quick    # toy scale
-    python benchmarks/equal_compute.py --recipe sandwich=true sandwich_all=true lr=3e-3   # another SWEET recipe
+    python benchmarks/equal_compute.py --recipe width_scaling_p=0.25   # SWEET's recipe with other settings
 
-init_quality.py gives every method the same images seen. A SWEET step runs one sampled anchor,
-so SWEET finishes those images in a fraction of the time that per-size pre-training of its anchors
-(one run per anchor) or POA (the full network plus an elastic student per step) take. Here SWEET
+init_quality.py gives every method the same images seen, so the methods spend different wall time on
+them: a SWEET step of the bundled recipe trains every anchor (smaller ones at sampled widths), a
+per-size run one size, POA the full network plus an elastic student. Here SWEET
 gets the summed wall time of the per-size runs at its anchors instead (steps scaled by the measured
 time ratio, read from the runs' summaries), and is evaluated at the same sizes with the same
 protocol.
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, command, grouped_bars, save_result
-from init_quality import METRICS, PLANS, eval_protocols, evaluate_init, pretrain, pretrain_overrides
+from init_quality import METRICS, PLANS, SWEET_RECIPE, eval_protocols, evaluate_init, pretrain, pretrain_overrides
 
 from training.pretrain import CSVLog
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-threads", type=int, help="torch CPU threads for the pre-training and the evaluation (default: all "
                         "cores); the step budget comes from the recorded runs, so this changes the run's clock, not its steps")
     parser.add_argument("--recipe", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="pretrain.py settings of SWEET's run (e.g. sandwich=true sandwich_all=true lr=3e-3); the run then gets "
+                        help="pretrain.py settings of SWEET's run on top of init_quality's recipe (e.g. n_local=2); the run then gets "
                              "the per-size runs' time converted to this machine's clock, not a step count")
     parser.add_argument("--calibration-steps", type=int, default=12,
                         help="steps of the per-size run timed to convert the recorded time to this machine's clock (with --recipe)")
@@ -100,11 +100,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             clock = calibrate_clock(plan, pre, threads, args.calibration_steps)
             write_text(clock_file, json.dumps(clock, indent=2) + "\n")
         minutes = budget * clock["here_over_recorded"] / 60
-        overrides = ["method=sweet", *pretrain_overrides(plan, max_steps=1_000_000), *args.recipe,
+        overrides = ["method=sweet", *SWEET_RECIPE, *pretrain_overrides(plan, max_steps=1_000_000), *args.recipe,
                      f"time_budget_minutes={minutes:.4g}", *threads]
     else:
         steps = round(plan["pretrain"]["max_steps"] * ratio)
-        overrides = ["method=sweet", *pretrain_overrides(plan, max_steps=steps, warmup_steps=max(1, steps // 10)), *threads]
+        overrides = ["method=sweet", *SWEET_RECIPE, *pretrain_overrides(plan, max_steps=steps, warmup_steps=max(1, steps // 10)),
+                     *threads]
         run_name = "sweet_equal_time"
     summary = pretrain(run_name, overrides, run_dir, force=False)
 

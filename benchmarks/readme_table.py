@@ -113,7 +113,7 @@ def init_quality_section(r: dict[str, Any]) -> list[str]:
         f"({budget}). Metrics: k-NN / linear probe of frozen features, fine-tuning with {ft['labels']} labels (1%) for "
         f"{ft['steps']} steps (mean ± std over {len(ft['seeds'])} seeds), and k-NN on a transfer set (scikit-learn digits). "
         f"{_pixel_line(r['reference'])} (digits: raw-pixel k-NN {r['reference']['transfer_raw_pixels_knn']:.1f}%). "
-        f"`{r['command']}` ({_harness_time(r)}).",
+        f"{_recipe_line(r)}`{r['command']}` ({_harness_time(r)}).",
         "",
         *md_header("size", "init", *METRICS.values()),
     ]
@@ -152,6 +152,18 @@ def _pixel_line(ref: dict[str, float]) -> str:
 
 def _threads(n: int) -> str:
     return f"{n} thread" + ("s" if n != 1 else "")
+
+
+def _recipe_line(r: dict[str, Any]) -> str:
+    """The crops every run shares and the settings only SWEET's run has (read from the recorded pretrain commands)."""
+    commands = r.get("pretrain_commands", {})
+    single = next((c for name, c in commands.items() if name.startswith("single_")), None)
+    if "sweet" not in commands or single is None:
+        return ""
+    own = [o for o in commands["sweet"].split()[2:] if o not in single.split() and not o.startswith("method=")]
+    n_local = r.get("plan_config", {}).get("pretrain", {}).get("n_local", 2)
+    crops = "no local crops" if n_local == 0 else f"{n_local} local crop{'s' if n_local > 1 else ''}"
+    return f"Every run with 2 global crops and {crops}; SWEET's own settings: `{' '.join(own) or 'none'}`. "
 
 
 def _harness_time(r: dict[str, Any]) -> str:

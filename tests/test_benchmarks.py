@@ -35,6 +35,11 @@ def test_init_quality_quick_harness(tmp_path, capsys):
             assert all(0 <= r[k] <= 100 for k in ("knn", "linear_probe", "finetune_mean", "transfer_knn"))
     assert (tmp_path / "iq.png").stat().st_size > 0
 
+    import readme_table  # the README names the settings only SWEET's run has, read from the recorded commands
+
+    assert "SWEET's own settings: `sandwich=true sandwich_all=true lr=3e-3`" in readme_table._recipe_line(result)
+    assert "and 1 local crop;" in readme_table._recipe_line(result)  # the quick plan keeps one, to exercise them
+
     import equal_compute
 
     threads = torch.get_num_threads()
