@@ -358,7 +358,11 @@ def storage_section(r: dict[str, Any]) -> list[str]:
         if singles:
             done = ", ".join(f"{k.removeprefix('single_')} after {v['images_seen']:,} images ({v['train_seconds'] / 60:.1f} min)"
                              for k, v in singles.items())
-            text += f" per-size runs reached the k-NN of the table above ({done}), beating the template at their own sizes."
+            knn = {(r["size"], r["init"]): r["knn"] for r in quality["rows"] if r["available"]}
+            sizes = [k.removeprefix("single_") for k in singles]
+            ahead = [s for s in sizes if knn.get((s, "per_size"), 0) > knn.get((s, "sweet"), 100)]
+            text += (f" per-size runs reached the k-NN of the table above ({done}), above SWEET's at equal images at "
+                     f"{len(ahead)} of their {len(sizes)} sizes{' (' + ', '.join(ahead) + ')' if ahead else ''}.")
         lines.append(text)
     return lines + [""]
 
