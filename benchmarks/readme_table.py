@@ -161,9 +161,10 @@ def _recipe_line(r: dict[str, Any]) -> str:
     if "sweet" not in commands or single is None:
         return ""
     own = [o for o in commands["sweet"].split()[2:] if o not in single.split() and not o.startswith("method=")]
-    n_local = r.get("plan_config", {}).get("pretrain", {}).get("n_local", 2)
+    pretrain = r.get("plan_config", {}).get("pretrain", {})
+    n_global, n_local = pretrain.get("n_global", 2), pretrain.get("n_local", 2)  # pretrain.py's defaults
     crops = "no local crops" if n_local == 0 else f"{n_local} local crop{'s' if n_local > 1 else ''}"
-    return f"Every run with 2 global crops and {crops}; SWEET's own settings: `{' '.join(own) or 'none'}`. "
+    return f"Every run with {n_global} global crops and {crops}; SWEET's own settings: `{' '.join(own) or 'none'}`. "
 
 
 def _harness_time(r: dict[str, Any]) -> str:
@@ -358,7 +359,7 @@ def storage_section(r: dict[str, Any]) -> list[str]:
         if singles:
             done = ", ".join(f"{k.removeprefix('single_')} after {v['images_seen']:,} images ({v['train_seconds'] / 60:.1f} min)"
                              for k, v in singles.items())
-            knn = {(r["size"], r["init"]): r["knn"] for r in quality["rows"] if r["available"]}
+            knn = {(row["size"], row["init"]): row["knn"] for row in quality["rows"] if row["available"]}
             sizes = [k.removeprefix("single_") for k in singles]
             ahead = [s for s in sizes if knn.get((s, "per_size"), 0) > knn.get((s, "sweet"), 100)]
             text += (f" per-size runs reached the k-NN of the table above ({done}), above SWEET's at equal images at "

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import FORMAT_VERSION, READABLE_FORMAT_VERSIONS
 from .errors import DiskFullError, TemplateFileError
 
-__all__ = ["FORMAT_SCALERS", "FORMAT_TEMPLATE", "atomic_write", "file_sha256", "folder_lock_path", "fsync", "read_safetensors",
+__all__ = ["FORMAT_SCALERS", "FORMAT_TEMPLATE", "atomic_write", "file_sha256", "folder_lock", "folder_lock_path", "fsync", "read_safetensors",
            "save_safetensors", "staged_folder", "write_text"]
 
 #: dtypes a template or scaler file may hold (read as float32)
@@ -120,6 +121,11 @@ def folder_lock_path(directory: str | Path) -> str:
     folder so it is never pushed to the Hub or packed into a wheel with the folder."""
     digest = hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:16]
     return str(Path(tempfile.gettempdir()) / f"sweet-hub-folder-{digest}.lock")
+
+
+def folder_lock(directory: str | Path) -> FileLock:
+    """The inter-process lock every read-modify-write of a template folder's config.json holds."""
+    return FileLock(folder_lock_path(directory))
 
 
 def file_sha256(path: str | Path) -> str:

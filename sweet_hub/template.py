@@ -49,7 +49,7 @@ from .config import (
 from .decompose import SourceViT, decompose, full_ranks, read_source, reconstruction_errors, refine
 from .distill import TokenDistiller, distill
 from .errors import FitError, TemplateConfigError, TemplateFileError
-from .files import (FORMAT_SCALERS, FORMAT_TEMPLATE, file_sha256, folder_lock_path, read_safetensors, save_safetensors, staged_folder,
+from .files import (FORMAT_SCALERS, FORMAT_TEMPLATE, file_sha256, folder_lock, read_safetensors, save_safetensors, staged_folder,
                     write_text)
 from .hub import TemplateFiles, resolve_template_files
 from .tucker import derive_scalers, init_cores, init_scalers, materialize_state_dict
@@ -438,10 +438,8 @@ class SweetTemplate(
         config.json records the SHA-256 of each tensor file, so a load that races a save sees the
         mix and retries. Scaler files of sizes this template no longer stores are removed. Runs under
         the folder's lock, so it never interleaves with a ``save_scalers`` of another process."""
-        from filelock import FileLock
-
         save_directory = Path(save_directory)
-        with FileLock(folder_lock_path(save_directory)):
+        with folder_lock(save_directory):
             self._write_folder(save_directory, model_card_kwargs)
 
     def _write_folder(self, save_directory: Path, model_card_kwargs: dict[str, Any] | None) -> None:
@@ -483,9 +481,7 @@ class SweetTemplate(
         """Stage the scaler files of ``sizes``, the card and config.json (which records every file's
         SHA-256), then rename them into place, config.json last. Read-modify-write of config.json
         under an inter-process lock (kept in the temp folder, not in the template folder)."""
-        from filelock import FileLock
-
-        with FileLock(folder_lock_path(save_directory)):
+        with folder_lock(save_directory):
             on_disk = read_config_json(save_directory / CONFIG_NAME, str(save_directory))
             manifest = on_disk.get("files", {})
             saved = {size_key(depth, width): self.scaler_info[size_key(depth, width)] for depth, width in sizes}

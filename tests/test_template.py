@@ -255,13 +255,11 @@ def test_save_pretrained_waits_for_the_folder_lock(tmp_path):
     learn_scalers run writing into that folder (fcntl locks conflict across open files, as across processes)."""
     import threading
 
-    from filelock import FileLock
-
-    from sweet_hub.files import folder_lock_path
+    from sweet_hub.files import folder_lock
 
     folder = tmp_path / "t"
     saver = threading.Thread(target=make_template().save_pretrained, args=(folder,))
-    with FileLock(folder_lock_path(folder)):
+    with folder_lock(folder):
         saver.start()
         saver.join(timeout=1.0)
         assert saver.is_alive() and not (folder / "config.json").exists()
