@@ -3,6 +3,7 @@
     python benchmarks/equal_compute.py            # after (or during) benchmarks/init_quality.py (full plan)
     python benchmarks/equal_compute.py --quick    # toy scale
     python benchmarks/equal_compute.py --recipe width_scaling_p=0.25   # SWEET's recipe with other settings
+    python benchmarks/equal_compute.py --seed 1  # after init_quality.py --seed 1: every run with pre-training seed 1
 
 init_quality.py gives every method the same images seen, so the methods spend different wall time on
 them: a SWEET step of the bundled recipe trains every anchor (smaller ones at sampled widths), a
@@ -32,7 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from common import RESULTS, ROOT, command, grouped_bars, save_result
-from init_quality import METRICS, PLANS, SWEET_RECIPE, eval_protocols, evaluate_init, pretrain, pretrain_overrides
+from init_quality import (
+    METRICS,
+    PLANS,
+    SWEET_RECIPE,
+    add_seed_argument,
+    eval_protocols,
+    evaluate_init,
+    pretrain,
+    pretrain_overrides,
+    seed_suffix,
+)
 
 from training.pretrain import CSVLog
 
@@ -40,9 +51,9 @@ from training.pretrain import CSVLog
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="toy scale (reads init_quality_quick.json)")
-    parser.add_argument("--quality", help="init_quality JSON to compare with (default: benchmarks/results/init_quality[_quick].json)")
-    parser.add_argument("--runs", help="pre-training run cache (default: benchmarks/runs/<plan>)")
-    parser.add_argument("--out", help="JSON output (default: benchmarks/results/equal_compute[_quick].json)")
+    parser.add_argument("--quality", help="init_quality JSON to compare with (default: benchmarks/results/init_quality[_quick][_seedN].json)")
+    parser.add_argument("--runs", help="pre-training run cache (default: benchmarks/runs/<plan>[_seedN])")
+    parser.add_argument("--out", help="JSON output (default: benchmarks/results/equal_compute[_quick][_seedN].json)")
     parser.add_argument("--num-threads", type=int, help="torch CPU threads for the pre-training and the evaluation (default: all "
                         "cores); the step budget comes from the recorded runs, so this changes the run's clock, not its steps")
     parser.add_argument("--recipe", nargs="+", default=[], metavar="KEY=VALUE",
@@ -50,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "the per-size runs' time converted to this machine's clock, not a step count")
     parser.add_argument("--calibration-steps", type=int, default=12,
                         help="steps of the per-size run timed to convert the recorded time to this machine's clock (with --recipe)")
+    add_seed_argument(parser)
     args = parser.parse_args(argv)
     if args.num_threads is not None and args.num_threads < 1:
         parser.error(f"--num-threads must be >= 1, got {args.num_threads}")
@@ -70,8 +82,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     plan_name = "quick" if args.quick else "full"
     plan = PLANS[plan_name]
-    source = Path(args.quality) if args.quality else RESULTS / f"init_quality{'_quick' if args.quick else ''}.json"
-    run_dir = Path(args.runs) if args.runs else ROOT / "benchmarks" / "runs" / plan_name
+    suffix = ("_quick" if args.quick else "") + seed_suffix(args.seed)
+    source = Path(args.quality) if args.quality else RESULTS / f"init_quality{suffix}.json"
+    run_dir = Path(args.runs) if args.runs else ROOT / "benchmarks" / "runs" / (plan_name + seed_suffix(args.seed))
     anchors = [f"{d}x{w}" for d, w in plan["template"]["anchors"]]
     needed = ["sweet", "poa", *(f"single_{a}" for a in anchors if list(map(int, a.split("x"))) in plan["per_size"])]
     # run times: from the runs' summaries (available while init_quality.py still evaluates), else from its JSON
@@ -82,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary = json.loads(path.read_text()) if path.is_file() else recorded.get(name)
         if summary is None:
             raise SystemExit(f"equal_compute: run '{name}' not found in {run_dir} nor in {source}; run "
-                             f"`python benchmarks/init_quality.py{' --quick' if args.quick else ''}` first (its pre-training is enough)")
+                             f"`{init_quality_command(args)}` first (its pre-training is enough)")
         pre[name] = {k: summary[k] for k in ("steps", "images_seen", "train_seconds")}
 
     per_size_seconds = sum(v["train_seconds"] for n, v in pre.items() if n.startswith("single_"))
@@ -100,12 +113,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             clock = calibrate_clock(plan, pre, threads, args.calibration_steps)
             write_text(clock_file, json.dumps(clock, indent=2) + "\n")
         minutes = budget * clock["here_over_recorded"] / 60
-        overrides = ["method=sweet", *SWEET_RECIPE, *pretrain_overrides(plan, max_steps=1_000_000), *args.recipe,
+        overrides = ["method=sweet", *SWEET_RECIPE, *pretrain_overrides(plan, args.seed, max_steps=1_000_000), *args.recipe,
                      f"time_budget_minutes={minutes:.4g}", *threads]
     else:
         steps = round(plan["pretrain"]["max_steps"] * ratio)
-        overrides = ["method=sweet", *SWEET_RECIPE, *pretrain_overrides(plan, max_steps=steps, warmup_steps=max(1, steps // 10)),
-                     *threads]
+        overrides = ["method=sweet", *SWEET_RECIPE,
+                     *pretrain_overrides(plan, args.seed, max_steps=steps, warmup_steps=max(1, steps // 10)), *threads]
         run_name = "sweet_equal_time"
     summary = pretrain(run_name, overrides, run_dir, force=False)
 
@@ -114,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quality = json.loads(source.read_text()) if source.is_file() else None
     if quality and any(quality["pretraining"].get(n, {}).get("train_seconds") != v["train_seconds"] for n, v in pre.items()):
         raise SystemExit(f"equal_compute: {source} was measured on other pre-training runs than those in {run_dir}; run "
-                         f"`python benchmarks/init_quality.py{' --quick' if args.quick else ''}` (its runs are cached) and then "
+                         f"`{init_quality_command(args)}` (its runs are cached) and then "
                          f"this script again (its own pre-training is cached too)")
     sizes = ([r["size"] for r in quality["rows"]] if quality else
              [f"{d}x{w}" for d, w in plan["template"]["anchors"] + plan["unseen"]])
@@ -137,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pretrain_command": "python training/pretrain.py " + " ".join(overrides),
         "budget": "summed wall time of the per-size runs at the anchors" if per_size_seconds else "POA's wall time",
         "budget_seconds": round(budget, 1), "time_ratio_budget_over_sweet": round(ratio, 3),
-        "recipe": args.recipe, "clock": clock,
+        "recipe": args.recipe, "clock": clock, "seed": args.seed,
         "torch_threads": torch.get_num_threads(),
         # "threads" only where the run recorded it (a cached older run may have used other threads than this invocation)
         "pretraining": {"sweet_equal_time": {k: summary[k] for k in ("steps", "images_seen", "train_seconds", "threads") if k in summary},
@@ -146,8 +159,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "compared_from": str(source.relative_to(ROOT)) if quality and source.is_relative_to(ROOT) else (str(source) if quality else None),
         "rows": rows,
     }
-    save_result(result, args.out or RESULTS / f"equal_compute{'_quick' if args.quick else ''}.json", plot)
+    save_result(result, args.out or RESULTS / f"equal_compute{suffix}.json", plot)
     return result
+
+
+def init_quality_command(args: argparse.Namespace) -> str:
+    """The init_quality.py invocation whose runs and results this one reads."""
+    return "python benchmarks/init_quality.py" + (" --quick" if args.quick else "") + (f" --seed {args.seed}" if args.seed else "")
 
 
 def calibrate_clock(plan: dict[str, Any], pre: dict[str, dict[str, Any]], threads: list[str], steps: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
     python benchmarks/init_quality.py            # full harness (~90 min on 2 CPU cores)
     python benchmarks/init_quality.py --quick    # the same pipeline at toy scale (a few minutes; in the test suite)
+    python benchmarks/init_quality.py --seed 1   # every pre-training again with another seed (runs/full_seed1, *_seed1.json)
 
 1. Pre-training, every method on the same data (Fashion-MNIST train, no labels), the same
    contrastive loss and augmentations, and the same number of images seen:
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, ROOT, pyplot, save_result
+from common import RESULTS, ROOT, command, pyplot, save_result
 
 # The bundled template's recipe (training/configs/fmnist.yaml) at a shorter schedule: ranks 96/192/192, gentle crops,
 # no local crops (for every method: the same augmentations), and for SWEET every anchor in each update at lr 3e-3.
@@ -76,10 +77,23 @@ def pretrain(name: str, overrides: list[str], run_dir: Path, force: bool) -> dic
     return json.loads(summary.read_text())
 
 
-def pretrain_overrides(plan: dict[str, Any], **changes: Any) -> list[str]:
-    """pretrain.py overrides shared by every method of a plan (``changes`` replace pretrain keys)."""
+def add_seed_argument(parser: argparse.ArgumentParser) -> None:
+    """``--seed``: the pre-training seed (batches, augmentations, init); evaluation seeds stay fixed."""
+    parser.add_argument("--seed", type=int, default=0,
+                        help="pre-training seed (default 0); another seed gets its own run cache and result file (suffix _seedN), "
+                             "so a gap can be read against the seed noise")
+
+
+def seed_suffix(seed: int) -> str:
+    """Run-cache and result-file suffix of a pre-training seed: none for seed 0, the recorded default."""
+    return f"_seed{seed}" if seed else ""
+
+
+def pretrain_overrides(plan: dict[str, Any], seed: int = 0, **changes: Any) -> list[str]:
+    """pretrain.py overrides shared by every method of a plan (``changes`` replace pretrain keys; seed 0 is pretrain.py's
+    default and is left out, so the recorded commands stay as they were)."""
     t = plan["template"]
-    return ([f"{k}={json.dumps(v)}" for k, v in {**plan["pretrain"], **changes}.items()]
+    return ([f"{k}={json.dumps(v)}" for k, v in {**plan["pretrain"], **changes, **({"seed": seed} if seed else {})}.items()]
             + [f"template.ranks={t['ranks']}", f"template.vector_rank={t['vector_rank']}", f"template.head_dim={t['head_dim']}",
                f"template.anchors={t['anchors']}"])
 
@@ -111,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="toy scale, a few minutes (smoke test)")
     parser.add_argument("--runs", help="where pre-training runs are cached (default: benchmarks/runs/<plan>)")
     parser.add_argument("--force", action="store_true", help="re-run cached pre-trainings")
-    parser.add_argument("--out", help="JSON output (default: benchmarks/results/init_quality[_quick].json)")
+    parser.add_argument("--out", help="JSON output (default: benchmarks/results/init_quality[_quick][_seedN].json)")
+    add_seed_argument(parser)
     args = parser.parse_args(argv)
 
     import timm
@@ -126,11 +141,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     plan_name = "quick" if args.quick else "full"
     plan = PLANS[plan_name]
-    run_dir = Path(args.runs) if args.runs else ROOT / "benchmarks" / "runs" / plan_name
+    run_dir = Path(args.runs) if args.runs else ROOT / "benchmarks" / "runs" / (plan_name + seed_suffix(args.seed))
     started = time.perf_counter()
 
     # 1. pre-training: same data, loss and images seen for every method --------------------------
-    common = pretrain_overrides(plan)
+    common = pretrain_overrides(plan, seed=args.seed)
     runs: dict[str, list[str]] = {}
     for d, w in plan["per_size"]:  # first: they are also the sources of benchmarks/fit_vs_selection.py
         runs[f"single_{d}x{w}"] = ["method=single", f"size=[{d},{w}]", *common]
@@ -199,8 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"fine-tune {row['finetune_mean']:5.1f}±{row['finetune_std']:.1f}  digits k-NN {row['transfer_knn']:5.1f}", flush=True)
 
     result = {
-        "command": "python benchmarks/init_quality.py" + (" --quick" if args.quick else ""),
-        "plan": plan_name, "plan_config": plan, "pretrain_commands": commands,
+        "command": command("init_quality.py", argv),
+        "plan": plan_name, "seed": args.seed, "plan_config": plan, "pretrain_commands": commands,
         "pretraining": {name: {k: s[k] for k in ("steps", "images_seen", "train_seconds")} for name, s in summaries.items()},
         "learned_scalers": learned_facts, "protocol": protocol.description, "transfer_protocol": transfer.description,
         "finetune": {"labels": e["finetune_labels"], "steps": e["finetune_steps"], "seeds": e["seeds"]},
@@ -208,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval_minutes": round((time.perf_counter() - eval_started) / 60, 1),
         "torch_threads": torch.get_num_threads(),
     }
-    save_result(result, args.out or RESULTS / f"init_quality{'_quick' if args.quick else ''}.json", plot)
+    save_result(result, args.out or RESULTS / f"init_quality{'_quick' if args.quick else ''}{seed_suffix(args.seed)}.json", plot)
     return result
 
 

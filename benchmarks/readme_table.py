@@ -235,7 +235,7 @@ def equal_compute_section(r: dict[str, Any]) -> list[str]:
     lines = [
         "### SWEET at equal pre-training time",
         "",
-        f"The table above equalizes images seen; a SWEET step runs one sampled anchor, so SWEET finished them in "
+        f"The table above equalizes images seen, and SWEET finished them in "
         f"{pre['sweet_equal_images']['train_seconds'] / 60:.1f} min. Here SWEET gets the {r['budget']} "
         f"({r['budget_seconds'] / 60:.1f} min: {singles}; POA took {pre['poa']['train_seconds'] / 60:.1f} min) "
         f"{_equal_time_budget(r)}. Same protocol{'; SWEET (equal images) keeps the recipe of the table above' if r.get('recipe') else ''}. "
@@ -301,9 +301,80 @@ def equal_time_recipes_section(base: dict[str, Any], others: list[dict[str, Any]
 
 
 def equal_compute_sections(r: dict[str, Any]) -> list[str]:
-    """The equal-compute table, then the other recipes run at the same budget (``equal_compute_*.json``), if any."""
-    others = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("equal_compute_*.json")) if not path.stem.endswith("_quick")]
-    return equal_compute_section(r) + (equal_time_recipes_section(r, others) if r.get("recipe") and others else [])
+    """The equal-compute table, then the other recipes run at the same budget (``equal_compute_*.json``), if any, then the
+    comparisons repeated with other pre-training seeds (``*_seedN.json``), if any."""
+    others = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("equal_compute_*.json"))
+              if not path.stem.endswith("_quick") and not _seed_of(path)]
+    return (equal_compute_section(r) + (equal_time_recipes_section(r, others) if r.get("recipe") and others else [])
+            + seeds_section(_by_seed("init_quality"), _by_seed("equal_compute")))
+
+
+def _seed_of(path) -> int:
+    """The pre-training seed of a result file (``name_seedN.json``; 0 without the suffix)."""
+    match = re.fullmatch(r".*_seed(\d+)", path.stem)
+    return int(match.group(1)) if match else 0
+
+
+def _by_seed(name: str) -> dict[int, dict[str, Any]]:
+    """``name.json`` (seed 0) and every ``name_seedN.json``, by seed."""
+    paths = [RESULTS / f"{name}.json", *RESULTS.glob(f"{name}_seed*.json")]
+    return {_seed_of(path): json.loads(path.read_text()) for path in sorted(paths) if path.is_file()}
+
+
+def _sweet_gaps(rows: list[dict[str, Any]], equal_time: bool) -> dict[tuple[str, str], float]:
+    """k-NN of SWEET minus each rival, by (size, rival): the comparisons the equal-compute bars are read on (per-size
+    pre-training at its sizes, weight selection at unseen sizes) and POA."""
+    gaps = {}
+    if equal_time:  # equal_compute.json: SWEET's own k-NN per row, the rivals nested in it
+        for row in rows:
+            for rival in ("per_size", "weight_selection"):
+                if rival in row and (rival == "per_size" or row["kind"] == "unseen"):
+                    gaps[(row["size"], rival)] = row["knn"] - row[rival]["knn"]
+        return gaps
+    by_key = {(row["size"], row["init"]): row for row in rows if row["available"]}
+    for (size, init), row in by_key.items():
+        sweet = by_key.get((size, "sweet"))
+        if sweet and (init in ("per_size", "poa") or (init == "weight_selection" and row["kind"] == "unseen")):
+            gaps[(size, init)] = sweet["knn"] - row["knn"]
+    return gaps
+
+
+def seeds_section(quality: dict[int, dict[str, Any]], equal: dict[int, dict[str, Any]]) -> list[str]:
+    """SWEET's k-NN lead over each rival with every pre-training seed that was run, and the seed mean: a gap under 1.5
+    points is read as noise unless another seed repeats it."""
+    if len(quality) < 2 and len(equal) < 2:
+        return []
+    lines = ["#### The same comparisons with another pre-training seed", "",
+             "k-NN of SWEET minus the rival's (positive: SWEET ahead), every pre-training re-run with another seed "
+             "(`init_quality.py --seed N`, then `equal_compute.py --seed N`; evaluation seeds unchanged). "
+             + " ".join(f"Seed {seed}: " + " and ".join(f"`{runs[seed]['command']}`" for runs in (quality, equal) if seed in runs) + "."
+                        for seed in sorted(set(quality) | set(equal)) if seed), ""]
+    seeds = sorted(set(quality) | set(equal))
+    lines += md_header("budget", "size", "SWEET against", *(f"seed {s}" for s in seeds), "mean")
+    verdicts = []
+    for budget, runs, equal_time in (("equal images", quality, False), ("equal time", equal, True)):
+        gaps = {seed: _sweet_gaps(r["rows"], equal_time) for seed, r in runs.items()}
+        keys = list(dict.fromkeys(k for seed in sorted(gaps) for k in gaps[seed]))  # sizes in table order, then the rivals
+        sizes = list(dict.fromkeys(size for size, _ in keys))
+        keys.sort(key=lambda k: (sizes.index(k[0]), ("per_size", "weight_selection", "poa").index(k[1])))
+        means = {}
+        for key in keys:
+            values = [gaps[s].get(key) for s in seeds]
+            present = [v for v in values if v is not None]
+            means[key] = sum(present) / len(present)
+            lines.append(md_row(budget, key[0], INIT_NAMES[key[1]], *("n/a" if v is None else f"{v:+.2f}" for v in values),
+                                f"{means[key]:+.2f}"))
+        if equal_time and len(runs) > 1:
+            anchors = {size: gap for (size, rival), gap in means.items() if rival == "per_size"
+                       and any(row["size"] == size and row["kind"] == "anchor" for row in runs[0]["rows"])}
+            unseen = {size: gap for (size, rival), gap in means.items() if rival == "weight_selection"}
+            within, ahead = all(round(g, 2) >= -1.0 for g in anchors.values()), all(g > 0 for g in unseen.values())
+            verdicts.append(f"Over the {len(runs)} seeds, SWEET at equal time is {'within 1 point of' if within else 'more than 1 point behind'} "
+                            f"per-size pre-training at {'every' if within else 'some'} anchor "
+                            f"({', '.join(f'{s} {g:+.2f}' for s, g in anchors.items())}) and "
+                            f"{'ahead of' if ahead else 'not ahead of'} weight selection at every unseen size "
+                            f"({', '.join(f'{s} {g:+.2f}' for s, g in unseen.items())}).")
+    return lines + ["", *verdicts, ""] if verdicts else lines + [""]
 
 
 def load_time_section(r: dict[str, Any]) -> list[str]:
@@ -508,6 +579,19 @@ FIT_NAMES = {"fit_derived": "fit, derived (selection)", "fit_learned": "fit, lea
              "random": "random init"}
 
 
+def _fit_sources_note(r: dict[str, Any]) -> str:
+    """Whether the sources are the per-size runs of the init_quality table above: a source whose k-NN differs from that
+    table's per-size row was an earlier run's (the run cache was re-made since), and the reader should know."""
+    quality = _load("init_quality")
+    per_size = {row["size"]: row["knn"] for row in quality["rows"] if row["init"] == "per_size" and row["available"]} if quality else {}
+    stale = [f"{name} {f['source']['knn']:.2f} against {per_size[name]:.2f}" for name, f in r["fits"].items()
+             if name in per_size and abs(f["source"]["knn"] - per_size[name]) > 0.01]
+    if not stale:
+        return ""
+    return (f". The sources are an earlier `init_quality.py` run's, not the per-size runs of the table above (source k-NN "
+            f"{', '.join(stale)}); delete the `fit_vs_selection` cache in the run folder and re-run to refresh.")
+
+
 def fit_section(r: dict[str, Any]) -> list[str]:
     ref = r["reference"]
     learned = r["plan"]["learned"]
@@ -518,7 +602,7 @@ def fit_section(r: dict[str, Any]) -> list[str]:
         f"fitted at full ranks. Learned scalers: {learned['images']} unlabeled train images, {learned['steps']} distillation steps "
         f"per size, the source as teacher. Protocol: {r['protocol']['train']} train / {r['protocol']['test']} test images, "
         f"fine-tuning {r['eval']['finetune_steps']} steps on {r['eval']['finetune_labels']} labels, mean ± std over "
-        f"{len(r['eval']['seeds'])} seeds. {_pixel_line(ref)}. `{r['command']}`",
+        f"{len(r['eval']['seeds'])} seeds. {_pixel_line(ref)}. `{r['command']}`{_fit_sources_note(r)}",
         "",
         *md_header("source", "k-NN source", "k-NN fitted (source size)", "fit time", "learned scalers time", "benchmark time"),
     ]

@@ -95,6 +95,20 @@ def test_init_quality_quick_harness(tmp_path, capsys):
     assert "| SWEET, table above | SWEET, `n_local=0` |" in table and "sandwich=true" not in table.split("\n")[2]
     bars = table.rsplit("SWEET, `n_local=0`", 1)[1]
     assert "within 1 point at every anchor" in bars and "ahead at every unseen size" in bars
+    # another pre-training seed: each gap per seed and their mean, and the equal-compute bars read on the mean
+    again_quality, again_equal = copy.deepcopy(result), copy.deepcopy(equal)
+    for row in again_quality["rows"]:
+        if row["available"] and row["init"] == "sweet":
+            row["knn"] += 2.0
+    for row in again_equal["rows"]:
+        row["knn"] = row.get("per_size", row.get("weight_selection", {})).get("knn", row["knn"]) + 0.5
+    seeds = "\n".join(readme_table.seeds_section({0: result, 1: again_quality}, {0: equal, 1: again_equal}))
+    per_size_gap = rows[("3x48", "sweet")]["knn"] - rows[("3x48", "per_size")]["knn"]
+    assert f"| equal images | 3x48 | per-size pre-training | {per_size_gap:+.2f} | {per_size_gap + 2:+.2f} | {per_size_gap + 1:+.2f} |" in seeds
+    time_gap = equal["rows"][1]["knn"] - equal["rows"][1]["per_size"]["knn"]
+    assert f"| equal time | 3x48 | per-size pre-training | {time_gap:+.2f} | +0.50 | {(time_gap + 0.5) / 2:+.2f} |" in seeds
+    assert f"Over the 2 seeds, SWEET at equal time is {'within 1 point of' if (time_gap + 0.5) / 2 >= -1 else 'more than'}" in seeds
+    assert readme_table.seeds_section({0: result}, {0: equal}) == []  # one seed: nothing to repeat
     capsys.readouterr()
     with pytest.raises(SystemExit):
         equal_compute.main(["--quick", "--runs", str(tmp_path / "runs"), "--recipe", "sandwich"])
@@ -186,6 +200,34 @@ def test_load_time_small(tmp_path, template_dir):
     assert row["first_load_s"] > 0 and row["cached_load_s"] > 0 and row["plain_checkpoint_load_s"] > 0
     assert row["materialize_gflop"] > 0 and result["matmul_gflops"] > 0
     assert json.loads((tmp_path / "lt.json").read_text())["sizes"][0]["size"] == "2x32"
+
+
+def test_seed_reruns_every_pretraining_with_its_seed_in_its_own_cache(tmp_path, monkeypatch):
+    import equal_compute
+    import init_quality
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_pretrain(name, overrides, run_dir, force):
+        calls.append((name, overrides, run_dir))
+        if len(calls) == 4:
+            raise Stop
+        return {"steps": 4, "images_seen": 128, "train_seconds": 1.0}
+
+    monkeypatch.setattr(init_quality, "pretrain", fake_pretrain)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Stop):
+        init_quality.main(["--quick", "--seed", "3"])
+    assert [c[0] for c in calls] == ["single_3x48", "sweet", "sweet_no_wss", "poa"]
+    assert all("seed=3" in overrides for _, overrides, _ in calls)
+    assert all(run_dir == ROOT / "benchmarks" / "runs" / "quick_seed3" for _, _, run_dir in calls)
+    assert not any(o.startswith("seed=") for o in init_quality.pretrain_overrides(init_quality.PLANS["quick"]))  # seed 0: as recorded
+    # equal_compute.py --seed reads that seed's runs and says which init_quality.py command makes them
+    with pytest.raises(SystemExit, match=r"init_quality.py --quick --seed 3` first"):
+        equal_compute.main(["--quick", "--seed", "3", "--runs", str(tmp_path / "none"), "--quality", str(tmp_path / "none.json")])
 
 
 def test_readme_table_renders_existing_results():
