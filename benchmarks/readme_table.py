@@ -287,13 +287,10 @@ def equal_time_recipes_section(base: dict[str, Any], others: list[dict[str, Any]
                                 *("n/a" if c is None else f"{c:.1f}" for c in refs + ours)))
     verdicts = []
     for name, run in zip(names, runs):
-        anchors = [(row["size"], row["knn"] - row["per_size"]["knn"]) for row in run["rows"] if row["kind"] == "anchor" and "per_size" in row]
-        unseen = [(row["size"], row["knn"] - row["weight_selection"]["knn"]) for row in run["rows"]
-                  if row["kind"] == "unseen" and "weight_selection" in row]
-        within = all(round(gap, 2) >= -1.0 for _, gap in anchors)
-        ahead = all(gap > 0 for _, gap in unseen)
-        gaps = ", ".join(f"{size} {gap:+.2f}" for size, gap in anchors)
-        leads = ", ".join(f"{size} {gap:+.2f}" for size, gap in unseen)
+        anchors, unseen = _bar_gaps(_sweet_gaps(run["rows"], equal_time=True), run["rows"])
+        within, ahead = _meets_bars(anchors, unseen)
+        gaps = ", ".join(f"{size} {gap:+.2f}" for size, gap in anchors.items())
+        leads = ", ".join(f"{size} {gap:+.2f}" for size, gap in unseen.items())
         ran = run["pretraining"]["sweet_equal_time"]
         verdicts.append(f"SWEET, {name} ({ran['images_seen']:,} images in {ran['train_seconds'] / 60:.1f} min): against per-size {gaps} ({'within 1 point at every anchor' if within else 'more than 1 point behind at some anchor'}); "
                         f"against weight selection {leads} ({'ahead at every unseen size' if ahead else 'not ahead at every unseen size'})")
@@ -339,6 +336,20 @@ def _sweet_gaps(rows: list[dict[str, Any]], equal_time: bool) -> dict[tuple[str,
     return gaps
 
 
+def _bar_gaps(gaps: dict[tuple[str, str], float], rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """The gaps the equal-compute bars read, by size: against per-size pre-training at the anchors, against weight selection
+    at unseen sizes (``gaps`` as ``_sweet_gaps`` gives them; ``rows`` tell each size's kind)."""
+    kinds = {row["size"]: row["kind"] for row in rows}
+    anchors = {size: gap for (size, rival), gap in gaps.items() if rival == "per_size" and kinds[size] == "anchor"}
+    return anchors, {size: gap for (size, rival), gap in gaps.items() if rival == "weight_selection" and kinds[size] == "unseen"}
+
+
+def _meets_bars(anchors: dict[str, float], unseen: dict[str, float]) -> tuple[bool, bool]:
+    """The equal-compute bars: within 1 k-NN point of per-size pre-training at every anchor, ahead of weight selection at
+    every unseen size."""
+    return all(round(gap, 2) >= -1.0 for gap in anchors.values()), all(gap > 0 for gap in unseen.values())
+
+
 def seeds_section(quality: dict[int, dict[str, Any]], equal: dict[int, dict[str, Any]]) -> list[str]:
     """SWEET's k-NN lead over each rival with every pre-training seed that was run, and the seed mean: a gap under 1.5
     points is read as noise unless another seed repeats it."""
@@ -365,10 +376,8 @@ def seeds_section(quality: dict[int, dict[str, Any]], equal: dict[int, dict[str,
             lines.append(md_row(budget, key[0], INIT_NAMES[key[1]], *("n/a" if v is None else f"{v:+.2f}" for v in values),
                                 f"{means[key]:+.2f}"))
         if equal_time and len(runs) > 1:
-            anchors = {size: gap for (size, rival), gap in means.items() if rival == "per_size"
-                       and any(row["size"] == size and row["kind"] == "anchor" for row in runs[0]["rows"])}
-            unseen = {size: gap for (size, rival), gap in means.items() if rival == "weight_selection"}
-            within, ahead = all(round(g, 2) >= -1.0 for g in anchors.values()), all(g > 0 for g in unseen.values())
+            anchors, unseen = _bar_gaps(means, [row for r in runs.values() for row in r["rows"]])
+            within, ahead = _meets_bars(anchors, unseen)
             verdicts.append(f"Over the {len(runs)} seeds, SWEET at equal time is {'within 1 point of' if within else 'more than 1 point behind'} "
                             f"per-size pre-training at {'every' if within else 'some'} anchor "
                             f"({', '.join(f'{s} {g:+.2f}' for s, g in anchors.items())}) and "
