@@ -164,6 +164,31 @@ def test_readout_small(tmp_path, template_dir):
     assert "final tokens, flattened" in "\n".join(readme_table.readout_section(result))
 
 
+def test_query_noise_small(tmp_path, template_dir):
+    import query_noise
+    import readme_table
+
+    result = query_noise.main(["--template", str(template_dir), "--sizes", "2x32", "--blocks", "3", "--train-size", "300",
+                               "--test-size", "200", "--out", str(tmp_path / "qn.json")])
+    rows = {(r["size"], r["init"]): r for r in result["rows"]}
+    assert list(rows) == [("pixels", "raw"), ("pixels", "mean-centred"), ("2x32", "template"), ("2x32", "random init")]
+    for row in rows.values():
+        for name in query_noise.QUERY_SETS:
+            blocks = row[name]["blocks"]
+            assert len(blocks) == 3 and min(blocks) <= row[name]["mean"] <= max(blocks)
+        assert row["validation_bias"] == pytest.approx(row["held_out_train"]["mean"] - row["test"]["mean"], abs=0.011)
+    # the protocol's own draw is the test protocol's number: the same as evaluate.py's pixel baseline
+    from training.evaluate import EvalProtocol, pixel_baselines
+
+    protocol = EvalProtocol("fashion_mnist", 28, 1, 300, 200, 1)
+    assert rows[("pixels", "mean-centred")]["protocol"] == pytest.approx(pixel_baselines(protocol)["centred_pixels_knn"], abs=0.01)
+    assert (tmp_path / "qn.png").stat().st_size > 0
+    section = "\n".join(readme_table.query_noise_section(result))
+    assert "| 2x32 | template |" in section and "held-out minus test" in section
+    with pytest.raises(SystemExit, match="only"):
+        query_noise.query_blocks(torch.zeros(10), torch.zeros(10), exclude=[0], blocks=2, size=5, seed=0)
+
+
 def test_compare_templates_small(tmp_path, template_dir):
     import compare_templates
     import readme_table
