@@ -176,6 +176,16 @@ PLANS: dict[str, dict[str, Any]] = {
             # the budget (a longer run gains less from more images), beside the v3 recipe re-run on the same machine
             "long3_v3_nolocal": {**V3, "n_local": 0, "budget_fraction": 3},
             "long3_v3_rerun2": {**V3, "budget_fraction": 3},
+            # round 30: the batch size, never varied so far (256). A contrastive loss takes its negatives from the batch, and
+            # SimCLR gained most from larger batches at short schedules (the bundled run is ~13 epochs); at equal wall-clock a
+            # larger batch sees the same images in fewer steps. The v5 recipe (round 29's long3_v3_nolocal) at 2x and 4x the
+            # batch, same lr and warmup steps, both at 3x the budget, read against round 29 on the same machine
+            "long3_v5_b512": {**V3, "n_local": 0, "budget_fraction": 3, "batch_size": 512},
+            "long3_v5_b1024": {**V3, "n_local": 0, "budget_fraction": 3, "batch_size": 1024},
+            # round 31: round 30 went the other way (512: -0.5 / -1.2 k-NN at anchors / unseen sizes, 1024: -2.2 / -2.3): at this
+            # budget more optimizer steps beat more negatives per step, so half the batch (128, twice the steps), two seeds
+            "long3_v5_b128": {**V3, "n_local": 0, "budget_fraction": 3, "batch_size": 128},
+            "long3_v5_b128_s1": {**V3, "n_local": 0, "budget_fraction": 3, "batch_size": 128, "seed": 1},
         },
     },
     "quick": {

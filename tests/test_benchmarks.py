@@ -189,6 +189,28 @@ def test_query_noise_small(tmp_path, template_dir):
         query_noise.query_blocks(torch.zeros(10), torch.zeros(10), exclude=[0], blocks=2, size=5, seed=0)
 
 
+def test_step_precision_small(tmp_path):
+    import readme_table
+    import step_precision
+
+    result = step_precision.main(["--sizes", "2x32", "--batch-size", "8", "--steps", "1", "--modes", "fp32", "bf16_autocast",
+                                  "bf16_weights", "--out", str(tmp_path / "p.json")])
+    (row,) = result["rows"]
+    assert row["size"] == "2x32" and all(row[m] > 0 for m in ("fp32", "bf16_autocast", "bf16_weights"))
+    assert row["vs_fp32"]["bf16_weights"] == pytest.approx(row["bf16_weights"] / row["fp32"], abs=2e-3)
+    assert (tmp_path / "p.png").stat().st_size > 0
+    section = "\n".join(readme_table.precision_section(result))
+    assert "| 2x32 |" in section and "bf16 weights" in section
+    # each mode trains its own copy: the bf16 one really runs in bf16, the input too
+    import timm
+
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=28, patch_size=7, in_chans=1, embed_dim=32,
+                              depth=1, num_heads=1, num_classes=0)
+    bf16, images, autocast = step_precision.mode_runner("bf16_weights", model, torch.zeros(2, 1, 28, 28))
+    assert bf16 is not model and next(bf16.parameters()).dtype == torch.bfloat16 and images.dtype == torch.bfloat16
+    assert not autocast and next(model.parameters()).dtype == torch.float32
+
+
 def test_compare_templates_small(tmp_path, template_dir):
     import compare_templates
     import readme_table
