@@ -46,6 +46,26 @@ def save_result(result: dict[str, Any], out: str | Path, plot: Callable[[dict[st
     return out
 
 
+def timed_steps(loss_fn: Callable[[], Any], parameters, steps: int, warmup: int = 2) -> list[float]:
+    """Wall time of ``steps`` AdamW steps on ``loss_fn()`` (forward, backward, update), after ``warmup`` untimed ones
+    (allocation, and compilation for a compiled model)."""
+    import time
+
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in parameters if p.requires_grad], lr=1e-4)
+    times = []
+    for i in range(steps + warmup):
+        start = time.perf_counter()
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
 def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend."""
     import matplotlib

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, command, grouped_bars, save_result
+from common import RESULTS, command, grouped_bars, save_result, timed_steps
 
 MODES = ("fp32", "bf16_autocast", "bf16_weights", "compiled")
 
@@ -34,18 +34,11 @@ def step_seconds(model, images, steps: int, autocast: bool = False) -> list[floa
     """Wall time of each of ``steps`` optimizer steps after two warm-up steps (the first also compiles)."""
     import torch
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for i in range(steps + 2):
-        start = time.perf_counter()
+    def loss():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(images).float().pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return times
+            return model(images).float().pow(2).mean()
+
+    return timed_steps(loss, model.parameters(), steps)
 
 
 def mode_runner(mode: str, model, images) -> tuple[Any, Any, bool]:

@@ -14,25 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, command, grouped_bars, save_result
+from common import RESULTS, command, grouped_bars, save_result, timed_steps
 
 
 def step_times(method: torch.nn.Module, size, views, steps: int) -> list[float]:
-    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
-    times = []
-    for i in range(steps + 2):  # two warm-up steps
-        start = time.perf_counter()
-        loss = method(views[0], views[1], size)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return times
+    return timed_steps(lambda: method(views[0], views[1], size), method.parameters(), steps)
 
 
 def main(argv: list[str] | None = None) -> dict:
