@@ -302,7 +302,7 @@ def equal_compute_sections(r: dict[str, Any]) -> list[str]:
     comparisons repeated with other pre-training seeds (``*_seedN.json``), if any."""
     others = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("equal_compute_*.json"))
               if not path.stem.endswith("_quick") and not _seed_of(path)]
-    return (equal_compute_section(r) + (equal_time_recipes_section(r, others) if r.get("recipe") and others else [])
+    return (equal_compute_section(r) + (equal_time_recipes_section(r, others) if others else [])
             + seeds_section(_by_seed("init_quality"), _by_seed("equal_compute")))
 
 
