@@ -29,12 +29,13 @@ from common import RESULTS, add_template_argument, command, finish, load_templat
 QUERY_SETS = ("test", "held_out_train")
 
 
-def query_blocks(images, labels, exclude, blocks: int, size: int, seed: int) -> list[tuple[Any, Any]]:
-    """``blocks`` disjoint random blocks of ``size`` images, none of them in ``exclude`` (indices)."""
+def query_blocks(images, labels, blocks: int, size: int, seed: int, exclude=None) -> list[tuple[Any, Any]]:
+    """``blocks`` disjoint random blocks of ``size`` images, none of them in ``exclude`` (indices, or None)."""
     import torch
 
     keep = torch.ones(len(images), dtype=torch.bool)
-    keep[exclude] = False
+    if exclude is not None:
+        keep[exclude] = False
     pool = keep.nonzero().squeeze(1)
     if blocks * size > len(pool):
         raise SystemExit(f"--blocks {blocks} x --test-size {size} needs {blocks * size} images; only {len(pool)} are free.")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from sweet_hub.config import parse_size
     from sweet_hub.data import load_image_tensors
-    from training.evaluate import EvalProtocol, extract_features
+    from training.evaluate import EvalProtocol, extract_features, pixel_vectors
     from training.report import random_vit
 
     template, label = load_template(args.template)
@@ -79,19 +80,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     protocol = EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, args.train_size, args.test_size, 1)  # the test protocol
     full_train = load_image_tensors("fashion_mnist", "train", cfg.img_size, cfg.in_chans)
     full_test = load_image_tensors("fashion_mnist", "test", cfg.img_size, cfg.in_chans)
-    memory_index = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(0))[:len(protocol.train)]
-    if not torch.equal(full_train.images[memory_index.sort().values], protocol.train.images):
-        raise RuntimeError("the memory bank no longer matches EvalProtocol's train subset (its sampling changed)")
-    sets = {"test": query_blocks(full_test.images, full_test.labels, torch.tensor([], dtype=torch.long), args.blocks, args.test_size,
-                                 args.seed),
-            "held_out_train": query_blocks(full_train.images, full_train.labels, memory_index, args.blocks, args.test_size,
-                                           args.seed)}
+    memory_index = full_train.subset_index(args.train_size, seed=0)  # the images EvalProtocol's memory bank took
+    sets = {"test": query_blocks(full_test.images, full_test.labels, args.blocks, args.test_size, args.seed),
+            "held_out_train": query_blocks(full_train.images, full_train.labels, args.blocks, args.test_size, args.seed,
+                                           exclude=memory_index)}
     memory, memory_labels = protocol.train.images, protocol.train.labels
     protocol_queries = (protocol.test.images, protocol.test.labels)
-    pixel_mean = memory.flatten(1).float().mean(0) / 255.0
+    pixel_mean = pixel_vectors(memory).mean(0)
     extractors: list[tuple[str, str, Callable]] = [
-        ("pixels", "raw", lambda x: x.flatten(1).float() / 255.0),
-        ("pixels", "mean-centred", lambda x: x.flatten(1).float() / 255.0 - pixel_mean),
+        ("pixels", "raw", pixel_vectors),
+        ("pixels", "mean-centred", lambda x: pixel_vectors(x) - pixel_mean),
     ]
     for spec in args.sizes:
         depth, width = parse_size(spec)

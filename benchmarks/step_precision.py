@@ -10,7 +10,8 @@ backward, AdamW) of a plain timm ViT of each anchor size on a batch of 28x28 ima
 - ``fp32``: what pre-training runs;
 - ``bf16_autocast``: ``torch.autocast("cpu", bfloat16)``, what ``mixed_precision=bf16`` does;
 - ``bf16_weights``: the whole model and its input in bfloat16 (no casts inside the step);
-- ``compiled``: ``torch.compile`` of the fp32 model (compile time reported apart).
+- ``compiled``: ``torch.compile`` of the fp32 model (``compile_seconds``: the mode's wall time outside
+  the timed steps, i.e. compilation plus the two warm-up steps).
 
 A mode below 1.0x of fp32 is a lever worth a recipe-study round; above it, not on this machine.
 Writes benchmarks/results/step_precision.json and a plot.

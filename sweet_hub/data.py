@@ -155,11 +155,18 @@ class ImageTensors:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def subset_index(self, count: int | None, seed: int = 0) -> torch.Tensor:
+        """The sorted indices :meth:`subset` takes (all of them if ``count`` is None or larger), so a caller can
+        tell which images a subset left out."""
+        if count is None or count >= len(self):
+            return torch.arange(len(self))
+        return torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
     def subset(self, count: int | None, seed: int = 0) -> ImageTensors:
         """A class-agnostic random subset of ``count`` images (all if None or larger)."""
         if count is None or count >= len(self):
             return self
-        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+        index = self.subset_index(count, seed)
         return ImageTensors(self.images[index], None if self.labels is None else self.labels[index], f"{self.name}[{count}]")
 
     def disjoint_subsets(self, first: int, second: int, seed: int = 0) -> tuple[ImageTensors, ImageTensors]:

@@ -186,7 +186,7 @@ def test_query_noise_small(tmp_path, template_dir):
     section = "\n".join(readme_table.query_noise_section(result))
     assert "| 2x32 | template |" in section and "held-out minus test" in section
     with pytest.raises(SystemExit, match="only"):
-        query_noise.query_blocks(torch.zeros(10), torch.zeros(10), exclude=[0], blocks=2, size=5, seed=0)
+        query_noise.query_blocks(torch.zeros(10), torch.zeros(10), blocks=2, size=5, seed=0, exclude=[0])
 
 
 def test_step_precision_small(tmp_path):

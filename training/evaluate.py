@@ -129,8 +129,13 @@ def raw_pixel_knn(protocol: EvalProtocol) -> float:
     return knn_accuracy(_pixels(protocol.train), protocol.train.labels, _pixels(protocol.test), protocol.test.labels)
 
 
+def pixel_vectors(images: Tensor) -> Tensor:
+    """uint8 images as flat [0, 1] vectors: the features of the pixel baselines."""
+    return images.flatten(1).float() / 255.0
+
+
 def _pixels(data: ImageTensors) -> Tensor:
-    return data.images.flatten(1).float() / 255.0
+    return pixel_vectors(data.images)
 
 
 def pixel_baselines(protocol: EvalProtocol) -> dict[str, float]:
