@@ -265,11 +265,14 @@ def _recipe_change(recipe: list[str], base: list[str]) -> str:
     return " ".join(item for item in recipe if item not in base) or "the same recipe"
 
 
-def equal_time_recipes_section(base: dict[str, Any], others: list[dict[str, Any]]) -> list[str]:
+def equal_time_recipes_section(base: dict[str, Any], others: list[dict[str, Any]],
+                               repeats: list[dict[str, Any]] = ()) -> list[str]:
     """Other SWEET recipes given the same wall-clock budget (``equal_compute.py --recipe ... --out
     equal_compute_*.json``) beside the table's recipe, and whether each meets the equal-compute bars:
     within 1 k-NN point of per-size pre-training at every anchor, ahead of weight selection at every
-    unseen size it can produce."""
+    unseen size it can produce. ``repeats`` are such runs with another pre-training seed (``--seed N``,
+    ``equal_compute_*_seedN.json``): each is read against its own seed's per-size runs, and a recipe run
+    with several seeds is also read on their mean."""
     runs = [base, *others]
     names = ["table above", *(f"`{_recipe_change(r['recipe'], base['recipe'])}`" for r in others)]
     lines = [
@@ -287,22 +290,42 @@ def equal_time_recipes_section(base: dict[str, Any], others: list[dict[str, Any]
                                 *("n/a" if c is None else f"{c:.1f}" for c in refs + ours)))
     verdicts = []
     for name, run in zip(names, runs):
-        anchors, unseen = _bar_gaps(_sweet_gaps(run["rows"], equal_time=True), run["rows"])
-        within, ahead = _meets_bars(anchors, unseen)
-        gaps = ", ".join(f"{size} {gap:+.2f}" for size, gap in anchors.items())
-        leads = ", ".join(f"{size} {gap:+.2f}" for size, gap in unseen.items())
         ran = run["pretraining"]["sweet_equal_time"]
-        verdicts.append(f"SWEET, {name} ({ran['images_seen']:,} images in {ran['train_seconds'] / 60:.1f} min): against per-size {gaps} ({'within 1 point at every anchor' if within else 'more than 1 point behind at some anchor'}); "
-                        f"against weight selection {leads} ({'ahead at every unseen size' if ahead else 'not ahead at every unseen size'})")
-    return lines + ["", "k-NN against the bars: " + "; ".join(verdicts) + ".", ""]
+        verdicts.append(f"SWEET, {name} ({ran['images_seen']:,} images in {ran['train_seconds'] / 60:.1f} min): "
+                        + _bars_verdict(_sweet_gaps(run["rows"], equal_time=True), run["rows"]))
+    lines += ["", "k-NN against the bars: " + "; ".join(verdicts) + ".", ""]
+    for recipe in dict.fromkeys(" ".join(r["recipe"]) for r in repeats):
+        seeds = [r for r in [*others, *repeats] if " ".join(r["recipe"]) == recipe]
+        seeds.sort(key=lambda r: r.get("seed", 0))
+        name = f"`{_recipe_change(seeds[0]['recipe'], base['recipe'])}`"
+        per_seed = [_sweet_gaps(r["rows"], equal_time=True) for r in seeds]
+        keys = [key for key in per_seed[0] if all(key in g for g in per_seed)]
+        mean = {key: sum(g[key] for g in per_seed) / len(per_seed) for key in keys}
+        lines += [f"SWEET, {name}, with other pre-training seeds (each against its own seed's per-size runs): "
+                  + "; ".join(f"seed {r.get('seed', 0)}: " + _bars_verdict(g, r["rows"]) for r, g in zip(seeds, per_seed))
+                  + (f"; mean of seeds {', '.join(str(r.get('seed', 0)) for r in seeds)}: " + _bars_verdict(mean, seeds[0]["rows"])
+                     if len(seeds) > 1 else "") + ".", ""]
+    return lines
+
+
+def _bars_verdict(gaps: dict[tuple[str, str], float], rows: list[dict[str, Any]]) -> str:
+    """SWEET's k-NN gaps (``_sweet_gaps``) read against the equal-compute bars, in words."""
+    anchors, unseen = _bar_gaps(gaps, rows)
+    within, ahead = _meets_bars(anchors, unseen)
+    return (f"against per-size {', '.join(f'{size} {gap:+.2f}' for size, gap in anchors.items())} "
+            f"({'within 1 point at every anchor' if within else 'more than 1 point behind at some anchor'}); "
+            f"against weight selection {', '.join(f'{size} {gap:+.2f}' for size, gap in unseen.items())} "
+            f"({'ahead at every unseen size' if ahead else 'not ahead at every unseen size'})")
 
 
 def equal_compute_sections(r: dict[str, Any]) -> list[str]:
     """The equal-compute table, then the other recipes run at the same budget (``equal_compute_*.json``), if any, then the
     comparisons repeated with other pre-training seeds (``*_seedN.json``), if any."""
-    others = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("equal_compute_*.json"))
-              if not path.stem.endswith("_quick") and not _seed_of(path)]
-    return (equal_compute_section(r) + (equal_time_recipes_section(r, others) if others else [])
+    recipes = [path for path in sorted(RESULTS.glob("equal_compute_*.json"))
+               if not path.stem.endswith("_quick") and not re.fullmatch(r"equal_compute_seed\d+", path.stem)]
+    others = [json.loads(path.read_text()) for path in recipes if not _seed_of(path)]
+    repeats = [json.loads(path.read_text()) for path in recipes if _seed_of(path)]
+    return (equal_compute_section(r) + (equal_time_recipes_section(r, others, repeats) if others else [])
             + seeds_section(_by_seed("init_quality"), _by_seed("equal_compute")))
 
 
@@ -554,9 +577,17 @@ def _training_facts(entry: dict[str, Any]) -> str:
             + made)
 
 
-def compare_section(r: dict[str, Any]) -> list[str]:
+def compare_sections(r: dict[str, Any]) -> list[str]:
+    """``compare_templates.json`` (the bundled template against the one before it), then every other comparison kept
+    (``compare_templates_*.json``: e.g. a retrain that was not shipped), each with its own heading and plot."""
+    others = sorted(RESULTS.glob("compare_templates_*.json"))
+    return [*compare_section(r), *(line for path in others for line in compare_section(json.loads(path.read_text()), path.stem))]
+
+
+def compare_section(r: dict[str, Any], stem: str = "compare_templates") -> list[str]:
     """Templates side by side on the validation protocol: shipped scalers, and weights only (derived where learned ship).
-    The heading and the note saying what the templates are come from the run (``--heading``, ``--note``)."""
+    The heading and the note saying what the templates are come from the run (``--heading``, ``--note``); the plot is
+    ``benchmarks/results/{stem}.png``."""
     entries = r["templates"]
     heading, context = r["heading"], (f" {r['note']}" if r["note"] else "")
     lines = [
@@ -587,7 +618,7 @@ def compare_section(r: dict[str, Any]) -> list[str]:
                          f"{len(gains)} sizes, higher at {sum(g > 0 for g in gains)}")
         lines += ["", f"{other['label']} - {base['label']}, {'; '.join(spans)}; one seed each, so differences under 1.5 "
                   f"points are noise."]
-    return lines + ["", "![templates side by side](benchmarks/results/compare_templates.png)", ""]
+    return lines + ["", f"![templates side by side](benchmarks/results/{stem}.png)", ""]
 
 
 def _of_it(share: Fraction) -> str:
@@ -775,7 +806,7 @@ def build_section() -> str:
              "`benchmarks/results/*.json`.", ""]
     for name, fn in (("demo", demo_section), ("bundled", bundled_section), ("readout", readout_section),
                      ("query_noise", query_noise_section), ("recipe_study", recipe_section),
-                     ("compare_templates", compare_section),
+                     ("compare_templates", compare_sections),
                      ("init_quality", init_quality_section),
                      ("equal_compute", equal_compute_sections), ("derived_scalers", derived_section),
                      ("fit_vs_selection", fit_section),

@@ -95,6 +95,19 @@ def test_init_quality_quick_harness(tmp_path, capsys):
     assert "| SWEET, table above | SWEET, `n_local=0` |" in table and "sandwich=true" not in table.split("\n")[2]
     bars = table.rsplit("SWEET, `n_local=0`", 1)[1]
     assert "within 1 point at every anchor" in bars and "ahead at every unseen size" in bars
+    # the same recipe with another pre-training seed: no column of its own (its rivals are its seed's own runs), a
+    # verdict per seed and one on the mean of the gaps
+    repeat = copy.deepcopy(other)
+    repeat["seed"] = 1
+    for row in repeat["rows"]:
+        row["knn"] -= 3.0  # 2.5 under each rival: behind with this seed, 1.0 behind on the mean of the two
+    table = "\n".join(readme_table.equal_time_recipes_section(recipe, [other], [repeat]))
+    assert "| SWEET, table above | SWEET, `n_local=0` |" in table and table.count("| SWEET, `n_local=0` |") == 1
+    seeds_line = next(line for line in table.splitlines() if line.startswith("SWEET, `n_local=0`, with other pre-training seeds"))
+    seed0, seed1, mean = seeds_line.split("; seed 1: ")[0], *seeds_line.split("; seed 1: ")[1].split("; mean of seeds 0, 1: ")
+    assert "within 1 point at every anchor" in seed0 and "ahead at every unseen size" in seed0
+    assert "more than 1 point behind at some anchor" in seed1 and "not ahead at every unseen size" in seed1
+    assert "within 1 point at every anchor" in mean and "-1.00" in mean and "not ahead at every unseen size" in mean
     # another pre-training seed: each gap per seed and their mean, and the equal-compute bars read on the mean
     again_quality, again_equal = copy.deepcopy(result), copy.deepcopy(equal)
     for row in again_quality["rows"]:
@@ -235,6 +248,8 @@ def test_compare_templates_small(tmp_path, template_dir):
     assert "b - a, weights only" in section and "over 1 sizes" in section and "over 2 sizes" in section
     assert "| n/a |" in section  # the re-learned anchor's weights-only cell
     assert section.startswith("### a or b?") and "b is a with seed 1." in section  # the run says what it compared
+    assert "(benchmarks/results/compare_templates.png)" in section
+    assert "(benchmarks/results/compare_templates_v2.png)" in "\n".join(readme_table.compare_section(result, "compare_templates_v2"))
     with pytest.raises(SystemExit):
         compare_templates.main(["--templates", str(template_dir), "--labels", "a", "b", "--out", str(tmp_path / "x.json")])
 
