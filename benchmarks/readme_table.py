@@ -495,7 +495,8 @@ def storage_section(r: dict[str, Any]) -> list[str]:
 
 
 READOUT_NAMES = {"pooled": "pooled (the protocol)", "pooled_centred": "pooled, centred", "tokens": "final tokens, flattened",
-                 "tokens_centred": "final tokens, centred"}
+                 "tokens_centred": "final tokens, centred", "tokens_max": "final tokens, max-pooled",
+                 "regions": "final tokens, 2x2 region means"}
 
 
 def _validation_protocol(protocol: dict[str, Any]) -> str:
@@ -507,20 +508,29 @@ def readout_section(r: dict[str, Any]) -> list[str]:
     lines = [
         "### Where the k-NN is lost (read-outs)",
         "",
-        f"The same models read four ways, on the {_validation_protocol(r['protocol'])}. Pixels: k-NN {px['raw_pixels_knn']:.1f}% raw, "
+        f"The same models read {len(READOUT_NAMES)} ways, on the {_validation_protocol(r['protocol'])}. Pixels: k-NN {px['raw_pixels_knn']:.1f}% raw, "
         f"**{px['centred_pixels_knn']:.1f}%** mean-centred. `{r['command']}`",
         "",
         *md_header("size", "init", "scalers", *READOUT_NAMES.values()),
     ]
     for row in r["rows"]:
-        lines.append(md_row(row["size"], row["init"], user_sizes(row["scalers"]), *[f"{row[k]:.1f}" for k in READOUT_NAMES]))
+        lines.append(md_row(row["size"], row["init"], user_sizes(row["scalers"]), *[f"{row[k]:.1f}" if k in row else "-" for k in READOUT_NAMES]))
     gains = [(t["pooled"] - n["pooled"], t["tokens"] - n["tokens"]) for t, n in zip(r["rows"][::2], r["rows"][1::2])]
     lines += ["", f"Pre-training lifts pooled features {min(g[0] for g in gains):+.1f} to {max(g[0] for g in gains):+.1f} points over "
               f"random init, the flattened tokens {min(g[1] for g in gains):+.1f} to {max(g[1] for g in gains):+.1f}. "
               + ("Pooled template features stay under mean-centred pixels at every size."
                  if all(t["pooled"] < px["centred_pixels_knn"] for t in r["rows"][::2])
-                 else "Pooled template features beat mean-centred pixels at some sizes."), "",
-              "![read-outs](benchmarks/results/readout.png)", ""]
+                 else "Pooled template features beat mean-centred pixels at some sizes.")]
+    template_rows = [t for t in r["rows"][::2] if "regions" in t]
+    if template_rows:  # read-outs measured before the max-pooled and region columns existed have no such keys
+        def span(key: str) -> str:
+            low, high = (f"{f(t[key] - t['pooled'] for t in template_rows):+.1f}" for f in (min, max))
+            return low if low == high else f"{low} to {high}"
+
+        lines[-1] += (f" Other poolings of the template's tokens against the pooled features: max-pooled {span('tokens_max')}, "
+                      f"2x2 region means {span('regions')}, flattened {span('tokens')}; what the flattened tokens add "
+                      "over the mean is in the per-token layout, not in a coarser pooling.")
+    return lines + ["", "![read-outs](benchmarks/results/readout.png)", ""]
     return lines
 
 

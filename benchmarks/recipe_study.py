@@ -186,6 +186,17 @@ PLANS: dict[str, dict[str, Any]] = {
             # budget more optimizer steps beat more negatives per step, so half the batch (128, twice the steps), two seeds
             "long3_v5_b128": {**V3, "n_local": 0, "budget_fraction": 3, "batch_size": 128},
             "long3_v5_b128_s1": {**V3, "n_local": 0, "budget_fraction": 3, "batch_size": 128, "seed": 1},
+            # round 32: an objective on the tokens that keeps the pooled one: the final tokens hold ~3 k-NN points more than their
+            # mean, and masked-patch prediction (rounds 7-9) cost images without lifting the mean. A dense contrastive term
+            # (each token of a global view picks the other view's token at the same image position, DenseCL/VICRegL-style,
+            # weight 0.5 beside the pooled loss) on the v5 recipe, beside the v5 recipe re-run on the same machine
+            "long3_v5_dense0.5": {**V3, "n_local": 0, "budget_fraction": 3, "dense_weight": 0.5},
+            "long3_v5_rerun": {**V3, "n_local": 0, "budget_fraction": 3},
+            # round 33: round 32's dense term cost 25% of the images (each of the three sizes in an update pays it in full) and
+            # scored lower at 8 of 8 sizes; on the largest anchor's loss only it costs a third, so what is left is the objective
+            # itself, at weight 0.5 and 0.2; read against round 32's long3_v5_rerun (the same machine)
+            "long3_v5_dense0.5_largest": {**V3, "n_local": 0, "budget_fraction": 3, "dense_weight": 0.5, "dense_largest_only": True},
+            "long3_v5_dense0.2_largest": {**V3, "n_local": 0, "budget_fraction": 3, "dense_weight": 0.2, "dense_largest_only": True},
         },
     },
     "quick": {

@@ -223,6 +223,8 @@ class MultiCropAugment:
 
     Returns ``n_global`` lists of views at ``img_size`` and ``n_local`` at ``local_size``, each
     a normalized float batch. Randomness comes from the ``seed`` argument only.
+    :meth:`crops_with_boxes` also says where each global view was cut from (dense losses match
+    tokens by position); it draws the same random numbers, so both give the same views.
     """
 
     def __init__(self, img_size: int, mean: tuple[float, ...], std: tuple[float, ...], n_global: int = 2, n_local: int = 0,
@@ -230,17 +232,34 @@ class MultiCropAugment:
                  local_scale: tuple[float, float] = (0.1, 0.35), jitter: float = 0.4, flip: bool = True) -> None:
         self.mean, self.std = mean, std
         self.n_global, self.n_local = n_global, n_local
-        common = [v2.RandomHorizontalFlip()] if flip else []
-        common.append(v2.RandomApply([v2.ColorJitter(brightness=jitter, contrast=jitter)], p=0.8))
-        self.global_tf = v2.Compose([v2.RandomResizedCrop(img_size, scale=global_scale, antialias=True), *common])
-        self.local_tf = v2.Compose([v2.RandomResizedCrop(local_size or img_size // 2, scale=local_scale, antialias=True), *common])
+        self.global_crop = v2.RandomResizedCrop(img_size, scale=global_scale, antialias=True)
+        self.local_crop = v2.RandomResizedCrop(local_size or img_size // 2, scale=local_scale, antialias=True)
+        self.flip = v2.RandomHorizontalFlip() if flip else None
+        self.jitter = v2.RandomApply([v2.ColorJitter(brightness=jitter, contrast=jitter)], p=0.8)
 
     def __call__(self, images: torch.Tensor, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            global_views = [self._views(self.global_tf, images) for _ in range(self.n_global)]
-            local_views = [self._views(self.local_tf, images) for _ in range(self.n_local)]
+        global_views, local_views, _ = self.crops_with_boxes(images, seed)
         return global_views, local_views
 
-    def _views(self, transform, images: torch.Tensor) -> torch.Tensor:
-        return normalize(torch.stack([transform(img) for img in images]), self.mean, self.std)
+    def crops_with_boxes(self, images: torch.Tensor, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """The views and, per global view, a (B, 5) tensor of each crop's top, left, height and
+        width in source pixels and whether it was flipped (1) or not (0)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            globals_and_boxes = [self._views(self.global_crop, images) for _ in range(self.n_global)]
+            local_views = [self._views(self.local_crop, images)[0] for _ in range(self.n_local)]
+        return [v for v, _ in globals_and_boxes], local_views, [b for _, b in globals_and_boxes]
+
+    def _views(self, crop: v2.RandomResizedCrop, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop, flip and jitter each image, drawing random numbers in the order ``v2.Compose`` would."""
+        views, boxes = [], []
+        for img in images:
+            params = crop.make_params([img])
+            view = crop.transform(img, params)
+            # RandomHorizontalFlip.forward draws torch.rand(1) and flips when it is below p
+            flipped = self.flip is not None and bool(torch.rand(1) < self.flip.p)
+            if flipped:
+                view = self.flip.transform(view, {})
+            views.append(self.jitter(view))
+            boxes.append([params["top"], params["left"], params["height"], params["width"], int(flipped)])
+        return normalize(torch.stack(views), self.mean, self.std), torch.tensor(boxes)

@@ -174,7 +174,18 @@ def test_readout_small(tmp_path, template_dir):
     assert all(0 <= r[k] <= 100 for r in result["rows"] for k in readout.READOUTS)
     assert result["protocol"]["queries"] == "held-out train images"  # never the test split
     assert (tmp_path / "readout.png").stat().st_size > 0
-    assert "final tokens, flattened" in "\n".join(readme_table.readout_section(result))
+    section = "\n".join(readme_table.readout_section(result))
+    assert "final tokens, flattened" in section and "2x2 region means" in section and "max-pooled" in section
+    from sweet_hub import SweetTemplate
+
+    model = SweetTemplate.from_pretrained(template_dir).materialize(2, 32)
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    features = readout.readouts(model, images, (0.3,), (0.35,))
+    assert {k: tuple(v.shape) for k, v in features.items()} == {"pooled": (3, 32), "tokens": (3, 16 * 32), "tokens_max": (3, 32),
+                                                                 "regions": (3, 4 * 32)}
+    grid = features["tokens"].view(3, 4, 4, 32)  # row-major tokens: the top-left region is rows 0-1, columns 0-1
+    assert torch.allclose(features["regions"][:, :32], grid[:, :2, :2].mean((1, 2)), atol=1e-5)
+    assert torch.equal(features["tokens_max"], grid.flatten(1, 2).amax(1))
 
 
 def test_query_noise_small(tmp_path, template_dir):

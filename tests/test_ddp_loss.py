@@ -1,5 +1,5 @@
 """Under DDP the in-batch losses see every process's images (SimCLR's gather): the contrastive
-negatives of pre-training and the neighbourhoods of the relational scaler-distillation term.
+negatives of pre-training (pooled and dense) and the neighbourhoods of the relational scaler-distillation term.
 
 Two CPU processes (gloo) each hold half of a global batch. With the gather, the mean of their
 losses and their averaged gradients (what DDP applies) equal the single-process loss and
@@ -45,7 +45,19 @@ def _relation(layer: torch.nn.Linear, views: list[torch.Tensor], gather: bool) -
     return relation_loss(layer(views[0]), teacher, gather=gather)
 
 
-LOSSES = {"contrastive": _contrastive, "relation": _relation}
+def _dense(layer: torch.nn.Linear, views: list[torch.Tensor], gather: bool) -> torch.Tensor:
+    """Each image's two views as 2x2 grids of 4-dim tokens, cut from the whole image (the second flipped), so every
+    token has a match and both processes score as many matches; the candidates are every process's tokens."""
+    from training.selfsup import ProjectionHead, token_matches
+
+    torch.manual_seed(1)
+    head = ProjectionHead(4, 8, 4, dense_weight=1.0)
+    tokens = torch.cat([layer(v).view(-1, 4, 4) for v in views[:2]])
+    boxes = [torch.tensor([[0, 0, 28, 28, flip]] * views[0].shape[0]) for flip in (0, 1)]
+    return head.dense_loss(tokens, token_matches(boxes, 2), temperature=0.2)  # always gathers under DDP
+
+
+LOSSES = {"contrastive": _contrastive, "dense": _dense, "relation": _relation}
 
 
 def _worker(rank: int, world: int, port: int, out: str, name: str) -> None:

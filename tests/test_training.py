@@ -52,6 +52,15 @@ def test_tiny_pretraining_writes_a_template_with_card_and_metrics(tmp_path):
     assert SweetTemplate.from_pretrained(out / "template").materialize(5, 80).embed_dim == 80
 
 
+def test_dense_term_pre_trains_end_to_end(tmp_path):
+    """pretrain.py with dense_weight: views come with their crop boxes and the loss reads their token matches."""
+    out = tmp_path / "dense"
+    run([*PRETRAIN, f"output_dir={out}", "dense_weight=0.5", "max_steps=2", NO_EVAL])
+    rows = (out / "train_log.csv").read_text().splitlines()
+    assert len(rows) == 3 and float(rows[-1].split(",")[1]) > 0
+    assert (out / "template" / "template.safetensors").is_file()
+
+
 def test_time_budget_stops_the_run_and_drives_the_schedule(tmp_path):
     out = tmp_path / "budget"
     run([*PRETRAIN, f"output_dir={out}", "max_steps=100000", "time_budget_minutes=0.05", "anchor_weights=[0,1]",
@@ -198,6 +207,11 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     ("anchor_loss_weights=[1,1]", "anchor_loss_weights weigh the losses that one update sums, so they need sandwich=true"),
     ("template.anchors=[[3,48]]\nsandwich=true", "needs method=sweet and two or more anchors"),
     ("sandwich=true\nanchor_weights=[0,1]", "gives them no weight"),
+    ("dense_weight=-1", "dense_weight=-1.0 matches tokens of two unmasked global views"),
+    ("dense_weight=1\nmask_ratio=0.4", "needs n_global >= 2 and mask_ratio=0"),
+    ("dense_weight=1\nn_global=1", "needs n_global >= 2 and mask_ratio=0"),
+    ("dense_largest_only=true", "only applies with sandwich=true and dense_weight > 0"),
+    ("dense_weight=1\ndense_largest_only=true", "only applies with sandwich=true and dense_weight > 0"),
 ])
 def test_bad_config_is_a_clear_error(override, message):
     from training.config import ConfigError, load_config
@@ -389,6 +403,122 @@ def test_masked_patch_term_scores_hidden_patches_and_trains_the_backbone(method)
     assert nearly_no_term.item() == pytest.approx(unmasked.item(), abs=1e-4)
     _, separate = loss_of(2.0, masked=True, separate=True)
     assert separate.item() > unmasked.item() + 0.5
+
+
+def test_crops_with_boxes_draws_the_views_of_a_compose_pipeline():
+    """crops_with_boxes cuts, flips and jitters one image at a time, drawing random numbers in the
+    order v2.Compose does, so turning the dense term on does not change a run's views."""
+    from torchvision.transforms import v2
+
+    from training.data import MultiCropAugment, normalize
+
+    images = (torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    augment = MultiCropAugment(28, (0.3,), (0.4,), n_global=2, n_local=1, local_size=14)
+    global_views, local_views, boxes = augment.crops_with_boxes(images, seed=7)
+    jitter = v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8)
+    compose = lambda size, scale: v2.Compose([v2.RandomResizedCrop(size, scale=scale, antialias=True), v2.RandomHorizontalFlip(), jitter])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        expected = [normalize(torch.stack([compose(28, (0.35, 1.0))(i) for i in images]), (0.3,), (0.4,)) for _ in range(2)]
+        expected.append(normalize(torch.stack([compose(14, (0.1, 0.35))(i) for i in images]), (0.3,), (0.4,)))
+    assert all(torch.equal(a, b) for a, b in zip([*global_views, *local_views], expected))
+    assert torch.equal(augment(images, seed=7)[0][1], global_views[1])
+    assert len(boxes) == 2 and boxes[0].shape == (6, 5) and set(boxes[0][:, 4].tolist()) <= {0, 1}
+
+
+def test_token_matches_pair_tokens_that_see_the_same_image_position():
+    """Crops of an image whose pixels hold their own coordinates: every matched pair of tokens
+    covers nearly the same source point (within one cell of the coarser view), flips included,
+    and a token whose centre lies outside the other view has no match."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from training.selfsup import token_matches
+
+    grid, patch = 4, 7
+    ys, xs = torch.meshgrid(torch.arange(28.0) + 0.5, torch.arange(28.0) + 0.5, indexing="ij")
+    source = torch.stack([ys, xs])  # 2 x 28 x 28: (row, column) of each source pixel's centre
+    boxes = [torch.tensor([[0, 0, 28, 28, 0], [4, 2, 20, 24, 1], [10, 10, 14, 14, 0]]),
+             torch.tensor([[6, 8, 22, 20, 1], [0, 0, 28, 28, 0], [0, 0, 14, 14, 1]])]
+
+    def token_centres(box: torch.Tensor) -> torch.Tensor:
+        top, left, height, width, flip = box.tolist()
+        view = TF.resized_crop(source, top, left, height, width, [28, 28], antialias=False)
+        view = TF.horizontal_flip(view) if flip else view
+        return view.unfold(1, patch, patch).unfold(2, patch, patch).mean((-1, -2)).flatten(1).T  # N x 2, row-major
+
+    centres = [torch.cat([token_centres(b) for b in view_boxes]) for view_boxes in boxes]  # (B * N) x 2 per view
+    matches = token_matches(boxes, grid)
+    assert [(m.a, m.b) for m in matches] == [(0, 1), (1, 0)]
+    for m in matches:
+        cell = torch.stack([boxes[m.b][:, 2], boxes[m.b][:, 3]], 1).float() / grid  # a cell of view b, in source pixels
+        image = m.target // (grid * grid)
+        assert (m.student // (grid * grid) == image).all()
+        gap = (centres[m.a][m.student] - centres[m.b][m.target]).abs()
+        assert (gap <= cell[image] / 2 + 0.01).all()
+    # image 2: view 0 holds rows/cols 10..24, view 1 rows/cols 0..14: only the top-left token of view 0 lies in both
+    first = matches[0]
+    assert (first.student // 16 == 2).sum() == 1
+    # a view of the whole image holds every token of the other view: image 1's view 1, image 0's view 0
+    assert (first.student // 16 == 1).sum() == 16 and (matches[1].student // 16 == 0).sum() == 16
+    assert (first.student // 16 == 0).sum() < 16  # view 1 of image 0 misses part of the image
+
+
+@pytest.mark.parametrize("method", ["sweet", "single", "poa"])
+def test_dense_term_adds_a_token_contrastive_loss_and_trains_the_backbone(method):
+    """dense_weight adds weight x the InfoNCE of geometrically matched tokens (dense head of its own);
+    without matches (or weight) the loss is the pooled one alone."""
+    import random
+
+    from training.config import load_config
+    from training.data import MultiCropAugment
+    from training.pretrain import build_method
+    from training.selfsup import token_matches
+
+    images = (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    global_views, local_views, boxes = MultiCropAugment(28, (0.3,), (0.4,), n_local=1).crops_with_boxes(images, seed=1)
+    matches = token_matches(boxes, 4)
+
+    def loss_of(weight: float, with_matches: bool = True):
+        torch.manual_seed(0)
+        module = build_method(load_config(ROOT / "training" / "configs" / "tiny.yaml",
+                                          [f"method={method}", "size=[3,48]", f"dense_weight={weight}"]))
+        loss = module(global_views, local_views, module.sample_size(random.Random(0)), matches=matches if with_matches else None)
+        loss.backward()
+        return module, loss
+
+    _, plain = loss_of(0.0)
+    module, no_matches = loss_of(2.0, with_matches=False)
+    assert no_matches.item() == pytest.approx(plain.item(), abs=1e-5)
+    module, dense = loss_of(2.0)
+    assert module.head.dense.fc2.out_features == module.head.out.out_features
+    # 2 x InfoNCE over 8 x 16 candidate tokens (untrained: near log 128 = 4.85, here per student view weighted by sandwich/POA)
+    assert dense.item() > plain.item() + 2.0
+    assert module.head.dense.fc1.weight.grad.abs().sum() > 0
+    backbone = module.template.cores if method == "sweet" else module.vit
+    assert sum(p.grad.abs().sum() for p in backbone.parameters() if p.grad is not None) > 0
+
+
+def test_dense_largest_only_keeps_the_term_off_the_smaller_anchors():
+    """With sandwich, dense_largest_only adds the dense term to the largest anchor's loss alone: the loss then lies
+    between no dense term and the term on every size in the update."""
+    import random
+
+    from training.config import load_config
+    from training.data import MultiCropAugment
+    from training.pretrain import build_method
+    from training.selfsup import token_matches
+
+    images = (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    global_views, _, boxes = MultiCropAugment(28, (0.3,), (0.4,)).crops_with_boxes(images, seed=1)
+    matches = token_matches(boxes, 4)
+
+    def loss_of(*overrides: str) -> float:
+        torch.manual_seed(0)
+        module = build_method(load_config(ROOT / "training" / "configs" / "tiny.yaml", ["sandwich=true", "n_local=0", *overrides]))
+        return module(global_views, [], module.sample_size(random.Random(0)), matches=matches).item()
+
+    plain, every, largest = loss_of(), loss_of("dense_weight=1"), loss_of("dense_weight=1", "dense_largest_only=true")
+    assert plain + 1.0 < largest < every - 1.0  # each size's untrained dense term is near log(8 x 16) = 4.85
 
 
 def test_initial_template_starts_sweet_from_its_weights(tmp_path):

@@ -101,6 +101,10 @@ class TrainConfig:
                                   "from its final token (needs mask_ratio > 0; 0: off)")
     mim_separate: bool = _opt(False, "masked views get a forward pass of their own and the contrastive loss sees the unmasked "
                                      "ones (one more pass over the global views per step); false: one pass, masked views for both")
+    dense_weight: float = _opt(0.0, "weight of the dense contrastive term: each final token of a global view picks the token "
+                                    "of the other global view at the same image position among the batch's (0: off)")
+    dense_largest_only: bool = _opt(False, "with sandwich and dense_weight: the dense term on the largest anchor's loss only "
+                                           "(the term costs the same at every size, so this cuts its cost by the number of anchors)")
     n_global: int = _opt(2, "global crops per image")
     n_local: int = _opt(2, "local crops per image")
     local_size: int = _opt(14, "local crop side (pixels)")
@@ -143,7 +147,7 @@ class TrainConfig:
 _CHOICES = {"method": ("sweet", "poa", "single"), "teacher": ("none", "ema"), "mixed_precision": (None, "no", "bf16", "fp16")}
 _POSITIVE_INTS = ("max_steps", "batch_size", "grad_accum", "save_every", "save_total_limit", "log_every", "n_global", "local_size")
 _FLOATS = ("lr", "scaler_lr_scale", "min_lr", "weight_decay", "clip_grad", "temperature", "ema_momentum", "jitter", "width_scaling_p", "depth_scaling_p", "recon_weight",
-           "mask_ratio", "mim_weight")
+           "mask_ratio", "mim_weight", "dense_weight")
 _SECTIONS = {"poa": PoaSettings, "final_eval": EvalSettings}
 
 
@@ -241,6 +245,13 @@ def _validate(cfg: TrainConfig) -> None:
     if not isinstance(cfg.mim_separate, bool) or (cfg.mim_separate and cfg.mim_weight == 0):
         raise ConfigError(f"mim_separate is true or false and only applies with mim_weight > 0, got mim_separate="
                           f"{cfg.mim_separate!r} with mim_weight={cfg.mim_weight}.")
+    if cfg.dense_weight < 0 or (cfg.dense_weight > 0 and (cfg.n_global < 2 or cfg.mask_ratio > 0)):
+        raise ConfigError(f"dense_weight={cfg.dense_weight} matches tokens of two unmasked global views: it must be >= 0 and "
+                          f"needs n_global >= 2 and mask_ratio=0 (got n_global={cfg.n_global}, mask_ratio={cfg.mask_ratio}); "
+                          f"set dense_weight=0 to turn the dense term off.")
+    if not isinstance(cfg.dense_largest_only, bool) or (cfg.dense_largest_only and not (cfg.sandwich and cfg.dense_weight > 0)):
+        raise ConfigError(f"dense_largest_only is true or false and only applies with sandwich=true and dense_weight > 0, got "
+                          f"dense_largest_only={cfg.dense_largest_only!r} with sandwich={cfg.sandwich}, dense_weight={cfg.dense_weight}.")
     budget = cfg.time_budget_minutes
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ConfigError(f"time_budget_minutes must be a positive number of minutes or null, got {budget!r}.")

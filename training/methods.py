@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from sweet_hub import SweetTemplate, derive_scalers, export_timm, materialize_state_dict
 from sweet_hub.config import format_size, vit_args
-from training.selfsup import FunctionalViT, ProjectionHead, apply_patch_masks, contrastive_loss, pooled_and_tokens
+from training.selfsup import FunctionalViT, ProjectionHead, TokenMatch, apply_patch_masks, contrastive_loss, pooled_and_tokens
 
 __all__ = ["PretrainMethod", "SingleMethod", "SizeChoice", "SweetMethod", "embed_views", "mask_views", "student_loss", "view_pixels"]
 
@@ -68,9 +68,11 @@ class PretrainMethod(Protocol):
         """The size one step trains (a pure function of ``rng``, so resumes replay it)."""
 
     def __call__(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
-                 targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None) -> Tensor:
+                 targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None,
+                 matches: list[TokenMatch] | None = None) -> Tensor:
         """The loss of the student at ``size`` (targets: an EMA teacher's, or None; masks: which
-        patches of the global views the student does not see, (n_global * B, N), or None)."""
+        patches of the global views the student does not see, (n_global * B, N), or None;
+        matches: the global views' token correspondences the dense term reads, or None)."""
 
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
         """Teacher targets of the global views (called on the EMA copy)."""
@@ -93,13 +95,14 @@ class SweetMethod(nn.Module):
                  proj_hidden: int = 512, proj_dim: int = 128, width_scaling_max: int | None = None,
                  anchor_weights: list[float] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
                  mim_separate: bool = False, sandwich: bool = False, inplace_distill: bool = False,
-                 sandwich_all: bool = False, anchor_loss_weights: list[float] | None = None) -> None:
+                 sandwich_all: bool = False, anchor_loss_weights: list[float] | None = None, dense_weight: float = 0.0,
+                 dense_largest_only: bool = False) -> None:
         super().__init__()
         self.template = template
         cfg = template.config
         self.patch_size = cfg.patch_size
         self.head = ProjectionHead(cfg.ranks[1], proj_hidden, proj_dim, view_pixels(cfg.in_chans, cfg.img_size), recon_weight,
-                                   cfg.in_chans * cfg.patch_size ** 2, mim_weight, mim_separate)
+                                   cfg.in_chans * cfg.patch_size ** 2, mim_weight, mim_separate, dense_weight)
         self.width_scaling_p, self.depth_scaling_p = width_scaling_p, depth_scaling_p
         widths = [w for _, w in cfg.anchors]
         #: widths width-wise stochastic scaling draws from: multiples of head_dim from the smallest
@@ -112,6 +115,8 @@ class SweetMethod(nn.Module):
         self.sandwich_all = sandwich_all
         #: with sandwich: each anchor's weight in the summed loss (a scaled size counts as its anchor); empty: 1 each
         self.anchor_loss_weights = dict(zip((tuple(a) for a in cfg.anchors), map(float, anchor_loss_weights or [])))
+        #: with sandwich: only the largest anchor's loss has the dense term (its cost is per size, whatever the width)
+        self.dense_largest_only = dense_largest_only
         self.runner = FunctionalViT(vit_args(cfg, 1, cfg.head_dim))
 
     @property
@@ -165,12 +170,13 @@ class SweetMethod(nn.Module):
         return [(pooled @ to_r_space, tokens @ to_r_space if self.head.reads_tokens else None) for pooled, tokens in outputs]
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
-                targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None) -> Tensor:
+                targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None,
+                matches: list[TokenMatch] | None = None) -> Tensor:
         """Loss of the student at ``size`` (targets: EMA teacher's, or None for its own); with ``sandwich``, plus the
         loss of the largest anchor on the same views."""
-        def objective(at: SizeChoice, goal: list[Tensor] | None) -> tuple[Tensor, list[Tensor]]:
+        def objective(at: SizeChoice, goal: list[Tensor] | None, dense: bool = True) -> tuple[Tensor, list[Tensor]]:
             return student_objective_and_views(lambda groups: self.features(at, groups), self.head, global_views, local_views,
-                                               goal, temperature, masks, self.patch_size)
+                                               goal, temperature, masks, self.patch_size, matches if dense else None)
 
         if not self.sandwich:
             return objective(size, targets)[0]
@@ -178,7 +184,7 @@ class SweetMethod(nn.Module):
         largest_loss, largest_views = objective(largest, targets)
         goal = [v.detach() for v in largest_views[:len(global_views)]] if self.inplace_distill else targets
         return (self._loss_weight(largest) * largest_loss
-                + sum(self._loss_weight(at) * objective(at, goal)[0] for at in (size, *size.also)))
+                + sum(self._loss_weight(at) * objective(at, goal, not self.dense_largest_only)[0] for at in (size, *size.also)))
 
     def _loss_weight(self, size: SizeChoice) -> float:
         """The weight of ``size``'s loss in a sandwich update: its anchor's ``anchor_loss_weights`` entry (default 1)."""
@@ -207,7 +213,7 @@ class SingleMethod(nn.Module):
 
     def __init__(self, model_name: str, model_kwargs: dict[str, Any], proj_hidden: int = 512, proj_dim: int = 128,
                  pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
-                 mim_separate: bool = False) -> None:
+                 mim_separate: bool = False, dense_weight: float = 0.0) -> None:
         super().__init__()
         # pretrained_cfg: the data config (input size, mean/std) recorded when the model is exported
         self.vit = timm.create_model(model_name, pretrained=False, dynamic_img_size=True, pretrained_cfg_overlay=pretrained_cfg,
@@ -215,7 +221,7 @@ class SingleMethod(nn.Module):
         pixels = view_pixels(model_kwargs["in_chans"], model_kwargs["img_size"])
         self.patch_size = model_kwargs["patch_size"]
         self.head = ProjectionHead(self.vit.embed_dim, proj_hidden, proj_dim, pixels, recon_weight,
-                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate)
+                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate, dense_weight)
         self.size = (len(self.vit.blocks), self.vit.embed_dim)
 
     @property
@@ -229,9 +235,10 @@ class SingleMethod(nn.Module):
         return [pooled_and_tokens(self.vit, views) for views in groups]
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice | None = None,
-                targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None) -> Tensor:
+                targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None,
+                matches: list[TokenMatch] | None = None) -> Tensor:
         return student_objective(self._features, self.head, global_views, local_views, targets, temperature, masks,
-                                 self.patch_size)
+                                 self.patch_size, matches)
 
     @torch.no_grad()
     def embed_targets(self, global_views: list[Tensor]) -> list[Tensor]:
@@ -255,21 +262,23 @@ def student_loss(students: list[Tensor], targets: list[Tensor] | None, n_global:
 
 
 def student_objective(features_of, head: ProjectionHead, global_views: list[Tensor], local_views: list[Tensor],
-                      targets: list[Tensor] | None, temperature: float, masks: Tensor | None, patch_size: int) -> Tensor:
-    """The whole loss of one student (SWEET and per-size share it): contrastive, plus the pixel
-    and masked-patch terms the head enables. With ``masks`` the student sees the masked global
+                      targets: list[Tensor] | None, temperature: float, masks: Tensor | None, patch_size: int,
+                      matches: list[TokenMatch] | None = None) -> Tensor:
+    """The whole loss of one student (SWEET and per-size share it): contrastive, plus the pixel,
+    masked-patch and dense terms the head enables. With ``masks`` the student sees the masked global
     views (or only the masked-patch term does, ``head.mim_separate``); both reconstruction terms are
     scored against the unmasked views."""
-    return student_objective_and_views(features_of, head, global_views, local_views, targets, temperature, masks, patch_size)[0]
+    return student_objective_and_views(features_of, head, global_views, local_views, targets, temperature, masks, patch_size,
+                                       matches)[0]
 
 
 def student_objective_and_views(features_of, head: ProjectionHead, global_views: list[Tensor], local_views: list[Tensor],
                                 targets: list[Tensor] | None, temperature: float, masks: Tensor | None,
-                                patch_size: int) -> tuple[Tensor, list[Tensor]]:
+                                patch_size: int, matches: list[TokenMatch] | None = None) -> tuple[Tensor, list[Tensor]]:
     """:func:`student_objective` and the student's projection of every view (in-place distillation reads them)."""
     students, features, tokens = embed_views(features_of, head, global_views, local_views, masks, patch_size)
     loss = (student_loss(students, targets, len(global_views), temperature) + head.pixel_loss(features, global_views)
-            + head.masked_patch_loss(tokens, global_views, masks, patch_size))
+            + head.masked_patch_loss(tokens, global_views, masks, patch_size) + head.dense_loss(tokens, matches, temperature))
     return loss, students
 
 

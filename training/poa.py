@@ -27,7 +27,7 @@ from sweet_hub import export_timm
 from sweet_hub.export import vit_model_args
 from training.config import PoaSettings
 from training.methods import SizeChoice, _split_embed, embed_views, view_pixels
-from training.selfsup import FunctionalViT, ProjectionHead, contrastive_loss, pooled_and_tokens
+from training.selfsup import FunctionalViT, ProjectionHead, TokenMatch, contrastive_loss, pooled_and_tokens
 
 __all__ = ["POAMethod", "extract_vit", "slice_state_dict"]
 
@@ -94,7 +94,7 @@ class POAMethod(nn.Module):
 
     def __init__(self, model_kwargs: dict[str, Any], poa_cfg: PoaSettings, proj_hidden: int = 512, proj_dim: int = 128,
                  pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
-                 mim_separate: bool = False) -> None:
+                 mim_separate: bool = False, dense_weight: float = 0.0) -> None:
         super().__init__()
         self.vit = timm.create_model("vit_base_patch16_224", pretrained=False, dynamic_img_size=True,
                                      pretrained_cfg_overlay=pretrained_cfg, **model_kwargs)
@@ -103,7 +103,7 @@ class POAMethod(nn.Module):
         pixels = view_pixels(model_kwargs["in_chans"], model_kwargs["img_size"])
         self.patch_size = model_kwargs["patch_size"]
         self.head = ProjectionHead(self.full[1], proj_hidden, proj_dim, pixels, recon_weight,
-                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate)
+                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate, dense_weight)
         self.runner = FunctionalViT(model_kwargs)
         depths = poa_cfg.elastic_depths or list(range(max(1, self.full[0] // 2), self.full[0] + 1))
         widths = poa_cfg.elastic_widths or list(range(max(self.head_dim, self.full[1] // 3), self.full[1] + 1, self.head_dim))
@@ -131,8 +131,10 @@ class POAMethod(nn.Module):
         return [(to_full(pooled), to_full(tokens) if self.head.reads_tokens else None) for pooled, tokens in outputs]
 
     def forward(self, global_views: list[Tensor], local_views: list[Tensor], size: SizeChoice,
-                targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None) -> Tensor:
-        """The tri-branch loss; ``targets`` are the EMA teacher's (or None: the intact student's)."""
+                targets: list[Tensor] | None = None, temperature: float = 0.2, masks: Tensor | None = None,
+                matches: list[TokenMatch] | None = None) -> Tensor:
+        """The tri-branch loss; ``targets`` are the EMA teacher's (or None: the intact student's). The
+        pixel, masked-patch and dense terms are each student's own, weighted as its contrastive term."""
         p = self.patch_size
         intact, intact_features, intact_tokens = embed_views(self._intact, self.head, global_views, local_views, masks, p)
         elastic, elastic_features, elastic_tokens = embed_views(lambda g: self._elastic(size, g), self.head, global_views,
@@ -141,7 +143,8 @@ class POAMethod(nn.Module):
         distill_targets = [t.detach() for t in intact[: len(global_views)]]
         wi, we, wd = self.weights
         reconstruction = lambda features, tokens: (self.head.pixel_loss(features, global_views)
-                                                   + self.head.masked_patch_loss(tokens, global_views, masks, p))
+                                                   + self.head.masked_patch_loss(tokens, global_views, masks, p)
+                                                   + self.head.dense_loss(tokens, matches, temperature))
         return (wi * contrastive_loss(intact, targets, temperature, same_views=True)
                 + we * contrastive_loss(elastic, targets, temperature, same_views=True)
                 + wd * contrastive_loss(elastic, distill_targets, temperature, same_views=True)

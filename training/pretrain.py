@@ -45,7 +45,7 @@ from training.checkpoints import latest_complete_checkpoint, save_checkpoint
 from training.config import ConfigError, TrainConfig, config_help, load_config, set_cpu_threads
 from training.data import DataError, MultiCropAugment, StepBatches, load_image_tensors
 from training.methods import PretrainMethod
-from training.selfsup import EMATeacher, cosine_schedule, random_patch_masks, set_lr
+from training.selfsup import EMATeacher, cosine_schedule, random_patch_masks, set_lr, token_matches
 
 
 class TrainState:
@@ -82,7 +82,7 @@ def build_method(cfg: TrainConfig) -> PretrainMethod:
     """The module being trained, from the config's ``method``."""
     method = cfg.method
     head = dict(proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim, recon_weight=cfg.recon_weight, mim_weight=cfg.mim_weight,
-                mim_separate=cfg.mim_separate)
+                mim_separate=cfg.mim_separate, dense_weight=cfg.dense_weight)
     if method == "sweet":
         from sweet_hub import SweetTemplate
         from training.methods import SweetMethod
@@ -93,7 +93,7 @@ def build_method(cfg: TrainConfig) -> PretrainMethod:
         return SweetMethod(template, cfg.width_scaling_p, cfg.depth_scaling_p,
                            width_scaling_max=cfg.width_scaling_max, anchor_weights=cfg.anchor_weights, sandwich=cfg.sandwich,
                            inplace_distill=cfg.inplace_distill, sandwich_all=cfg.sandwich_all,
-                           anchor_loss_weights=cfg.anchor_loss_weights, **head)
+                           anchor_loss_weights=cfg.anchor_loss_weights, dense_largest_only=cfg.dense_largest_only, **head)
     from sweet_hub.config import timm_pretrained_cfg, vit_args
 
     tcfg = cfg.template_config(anchors=[tuple(cfg.size)])
@@ -289,13 +289,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         for micro in range(ga):
             index = batches(step * ga + micro)
             seed = step_seed(cfg.seed, step, micro, accelerator.process_index)
-            global_views, local_views = augment(data.images[index], seed)
+            global_views, local_views, boxes = augment.crops_with_boxes(data.images[index], seed)
+            matches = token_matches(boxes, tcfg.img_size // tcfg.patch_size) if cfg.dense_weight > 0 else None
             masks = (random_patch_masks(cfg.n_global * len(index), num_patches, cfg.mask_ratio, torch.Generator().manual_seed(seed))
                      if cfg.mask_ratio > 0 else None)
             sync = accelerator.no_sync(method) if micro < ga - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
                 targets = teacher.module.embed_targets(global_views) if teacher is not None else None
-                loss = method(global_views, local_views, size, targets, cfg.temperature, masks)
+                loss = method(global_views, local_views, size, targets, cfg.temperature, masks, matches)
                 accelerator.backward(loss / ga)
             loss_sum += loss.item() / ga
         if cfg.clip_grad:
