@@ -531,7 +531,6 @@ def readout_section(r: dict[str, Any]) -> list[str]:
                       f"2x2 region means {span('regions')}, flattened {span('tokens')}; what the flattened tokens add "
                       "over the mean is in the per-token layout, not in a coarser pooling.")
     return lines + ["", "![read-outs](benchmarks/results/readout.png)", ""]
-    return lines
 
 
 def _spread(s: dict[str, Any]) -> str:

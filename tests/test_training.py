@@ -463,6 +463,16 @@ def test_token_matches_pair_tokens_that_see_the_same_image_position():
     assert (first.student // 16 == 0).sum() < 16  # view 1 of image 0 misses part of the image
 
 
+def _views_and_matches(n_local: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list]:
+    """Two global views (and ``n_local`` local ones) of 8 random images, with their token matches (4x4 grid)."""
+    from training.data import MultiCropAugment
+    from training.selfsup import token_matches
+
+    images = (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    global_views, local_views, boxes = MultiCropAugment(28, (0.3,), (0.4,), n_local=n_local).crops_with_boxes(images, seed=1)
+    return global_views, local_views, token_matches(boxes, 4)
+
+
 @pytest.mark.parametrize("method", ["sweet", "single", "poa"])
 def test_dense_term_adds_a_token_contrastive_loss_and_trains_the_backbone(method):
     """dense_weight adds weight x the InfoNCE of geometrically matched tokens (dense head of its own);
@@ -470,13 +480,9 @@ def test_dense_term_adds_a_token_contrastive_loss_and_trains_the_backbone(method
     import random
 
     from training.config import load_config
-    from training.data import MultiCropAugment
     from training.pretrain import build_method
-    from training.selfsup import token_matches
 
-    images = (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    global_views, local_views, boxes = MultiCropAugment(28, (0.3,), (0.4,), n_local=1).crops_with_boxes(images, seed=1)
-    matches = token_matches(boxes, 4)
+    global_views, local_views, matches = _views_and_matches(n_local=1)
 
     def loss_of(weight: float, with_matches: bool = True):
         torch.manual_seed(0)
@@ -504,13 +510,9 @@ def test_dense_largest_only_keeps_the_term_off_the_smaller_anchors():
     import random
 
     from training.config import load_config
-    from training.data import MultiCropAugment
     from training.pretrain import build_method
-    from training.selfsup import token_matches
 
-    images = (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    global_views, _, boxes = MultiCropAugment(28, (0.3,), (0.4,)).crops_with_boxes(images, seed=1)
-    matches = token_matches(boxes, 4)
+    global_views, _, matches = _views_and_matches(n_local=0)
 
     def loss_of(*overrides: str) -> float:
         torch.manual_seed(0)

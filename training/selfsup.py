@@ -100,12 +100,12 @@ class ProjectionHead(nn.Module):
         if self.dense is None or not matches:
             return self.out.weight.new_zeros(())
         n_views = 1 + max(max(m.a, m.b) for m in matches)
-        views = F.normalize(self.dense(tokens), dim=-1).split(tokens.shape[0] // n_views)
+        views = [v.flatten(0, 1) for v in F.normalize(self.dense(tokens), dim=-1).split(tokens.shape[0] // n_views)]
+        gathered = [gather_batches(v) for v in views]  # once per view: every other view's tokens pick among them
         losses = []
         for match in matches:
-            target, offset = gather_batches(views[match.b].flatten(0, 1))
-            student = views[match.a].flatten(0, 1)[match.student]
-            losses.append(F.cross_entropy(student @ target.T / temperature, match.target + offset))
+            target, offset = gathered[match.b]
+            losses.append(F.cross_entropy(views[match.a][match.student] @ target.T / temperature, match.target + offset))
         return self.dense_weight * torch.stack(losses).mean()
 
 
@@ -131,23 +131,22 @@ def token_matches(boxes: list[Tensor], grid: int) -> list[TokenMatch]:
     """
     centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
     rows, cols = centres.repeat_interleave(grid), centres.repeat(grid)  # row-major, as timm orders patch tokens
+    num = grid * grid
+    # each view's top, left, height, width and flip as (B, 1) columns, broadcast against the (N,) token positions
+    fields = [[f[:, None] for f in box.float().unbind(1)] for box in boxes]
     out = []
-    for a, box_a in enumerate(boxes):
-        top, left, height, width, flip = box_a.float().unbind(1)
-        col_a = torch.where(flip[:, None] > 0, 1 - cols, cols)
-        y = top[:, None] + rows * height[:, None]  # (B, N) source coordinates of view a's token centres
-        x = left[:, None] + col_a * width[:, None]
-        for b, box_b in enumerate(boxes):
+    for a, (top, left, height, width, flip) in enumerate(fields):
+        y = top + rows * height  # (B, N) source coordinates of view a's token centres
+        x = left + torch.where(flip > 0, 1 - cols, cols) * width
+        for b, (top_b, left_b, height_b, width_b, flip_b) in enumerate(fields):
             if a == b:
                 continue
-            top_b, left_b, height_b, width_b, flip_b = box_b.float().unbind(1)
-            row_b = (y - top_b[:, None]) / height_b[:, None]
-            col_b = (x - left_b[:, None]) / width_b[:, None]
-            col_b = torch.where(flip_b[:, None] > 0, 1 - col_b, col_b)
+            row_b = (y - top_b) / height_b
+            col_b = (x - left_b) / width_b
+            col_b = torch.where(flip_b > 0, 1 - col_b, col_b)
             inside = (row_b >= 0) & (row_b < 1) & (col_b >= 0) & (col_b < 1)
             cell = (row_b.clamp(0, 1 - 1e-6) * grid).long() * grid + (col_b.clamp(0, 1 - 1e-6) * grid).long()
             image, position = inside.nonzero(as_tuple=True)
-            num = grid * grid
             out.append(TokenMatch(a, b, image * num + position, image * num + cell[image, position]))
     return out
 
