@@ -34,6 +34,20 @@ def load_template(arg: str | None):
     return template, arg or "bundled (sweet_hub/fmnist)"
 
 
+def add_validation_arguments(parser) -> None:
+    """``--train-size`` / ``--test-size``: the memory bank and the queries of the validation protocol."""
+    parser.add_argument("--train-size", type=int, default=5000, help="memory bank: train images")
+    parser.add_argument("--test-size", type=int, default=2000, help="queries: other train images (the test split is never read)")
+
+
+def validation_protocol(cfg, args):
+    """The validation protocol of a template config ``cfg`` at ``--train-size`` / ``--test-size``: queries are
+    held-out train images, so choosing a recipe or a read-out never looks at the test split."""
+    from training.evaluate import EvalProtocol
+
+    return EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, args.train_size, args.test_size, 1, holdout=True)
+
+
 def save_result(result: dict[str, Any], out: str | Path, plot: Callable[[dict[str, Any], Path], None] | None) -> Path:
     """Write ``result`` as JSON (atomically) and its plot next to it (same name, .png)."""
     from sweet_hub.files import write_text

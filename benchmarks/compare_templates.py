@@ -18,7 +18,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, command, grouped_bars, load_template, save_result
+from common import RESULTS, add_validation_arguments, command, grouped_bars, load_template, save_result, validation_protocol
 
 DEMO_SIZES = ["4x64", "6x128", "8x192", "6x96", "6x160", "8x256", "10x256", "12x384", "10x512"]
 
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--templates", nargs="+", required=True, help="template folders or Hub repo ids")
     parser.add_argument("--labels", nargs="+", help="a short name per template (default: its path)")
     parser.add_argument("--sizes", nargs="+", default=DEMO_SIZES, help="DEPTHxWIDTH (default: the demo's sizes)")
-    parser.add_argument("--train-size", type=int, default=5000)
-    parser.add_argument("--test-size", type=int, default=2000)
+    add_validation_arguments(parser)
     parser.add_argument("--out", default=str(RESULTS / "compare_templates.json"))
     parser.add_argument("--heading", default="Is a new template better? (templates side by side)",
                         help="the README section's heading")
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from training.evaluate import EvalProtocol, pixel_baselines
+    from training.evaluate import pixel_baselines
 
     templates = [load_template(t)[0] for t in args.templates]
     first = templates[0].config
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if (t.config.img_size, t.config.in_chans) != (first.img_size, first.in_chans):
             parser.error(f"template '{label}' reads {t.config.in_chans}x{t.config.img_size}px images, the first one "
                          f"{first.in_chans}x{first.img_size}px: compare templates of the same input")
-    protocol = EvalProtocol("fashion_mnist", first.img_size, first.in_chans, args.train_size, args.test_size, 1, holdout=True)
+    protocol = validation_protocol(first, args)
     entries = []
     for label, path, template in zip(labels, args.templates, templates):
         print(f"[compare] {label}: {path}", flush=True)

@@ -29,7 +29,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, add_template_argument, command, grouped_bars, load_template, save_result
+from common import (
+    RESULTS,
+    add_template_argument,
+    add_validation_arguments,
+    command,
+    grouped_bars,
+    load_template,
+    save_result,
+    validation_protocol,
+)
 
 READOUTS = ("pooled", "pooled_centred", "tokens", "tokens_centred", "tokens_max", "regions")
 
@@ -75,20 +84,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_template_argument(parser)
     parser.add_argument("--sizes", nargs="+", default=["4x64", "8x192", "12x384"], help="DEPTHxWIDTH")
-    parser.add_argument("--train-size", type=int, default=5000)
-    parser.add_argument("--test-size", type=int, default=2000)
+    add_validation_arguments(parser)
     parser.add_argument("--out", default=str(RESULTS / "readout.json"))
     args = parser.parse_args(argv)
 
     import torch
 
     from sweet_hub.config import parse_size
-    from training.evaluate import EvalProtocol, pixel_baselines
+    from training.evaluate import pixel_baselines
     from training.report import random_vit
 
     template, label = load_template(args.template)
     cfg = template.config
-    protocol = EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, args.train_size, args.test_size, 1, holdout=True)
+    protocol = validation_protocol(cfg, args)
     memory, queries = protocol.train, protocol.test
     rows = []
     for spec in args.sizes:

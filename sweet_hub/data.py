@@ -225,17 +225,22 @@ class MultiCropAugment:
     a normalized float batch. Randomness comes from the ``seed`` argument only.
     :meth:`crops_with_boxes` also says where each global view was cut from (dense losses match
     tokens by position); it draws the same random numbers, so both give the same views.
+    ``erase_p`` > 0 also blanks a random rectangle of each global view (set to 0, the background
+    of dark-background data such as Fashion-MNIST) with that probability: an occlusion the
+    features must see past. At 0 it draws no random numbers, so views are as without it.
     """
 
     def __init__(self, img_size: int, mean: tuple[float, ...], std: tuple[float, ...], n_global: int = 2, n_local: int = 0,
                  local_size: int | None = None, global_scale: tuple[float, float] = (0.35, 1.0),
-                 local_scale: tuple[float, float] = (0.1, 0.35), jitter: float = 0.4, flip: bool = True) -> None:
+                 local_scale: tuple[float, float] = (0.1, 0.35), jitter: float = 0.4, flip: bool = True,
+                 erase_p: float = 0.0, erase_scale: tuple[float, float] = (0.02, 0.25)) -> None:
         self.mean, self.std = mean, std
         self.n_global, self.n_local = n_global, n_local
         self.global_crop = v2.RandomResizedCrop(img_size, scale=global_scale, antialias=True)
         self.local_crop = v2.RandomResizedCrop(local_size or img_size // 2, scale=local_scale, antialias=True)
         self.flip = v2.RandomHorizontalFlip() if flip else None
         self.jitter = v2.RandomApply([v2.ColorJitter(brightness=jitter, contrast=jitter)], p=0.8)
+        self.erase = v2.RandomErasing(p=erase_p, scale=erase_scale, value=0) if erase_p > 0 else None
 
     def __call__(self, images: torch.Tensor, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         global_views, local_views, _ = self.crops_with_boxes(images, seed)
@@ -246,12 +251,13 @@ class MultiCropAugment:
         width in source pixels and whether it was flipped (1) or not (0)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            globals_and_boxes = [self._views(self.global_crop, images) for _ in range(self.n_global)]
+            globals_and_boxes = [self._views(self.global_crop, images, self.erase) for _ in range(self.n_global)]
             local_views = [self._views(self.local_crop, images)[0] for _ in range(self.n_local)]
         return [v for v, _ in globals_and_boxes], local_views, [b for _, b in globals_and_boxes]
 
-    def _views(self, crop: v2.RandomResizedCrop, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crop, flip and jitter each image, drawing random numbers in the order ``v2.Compose`` would."""
+    def _views(self, crop: v2.RandomResizedCrop, images: torch.Tensor,
+               erase: v2.RandomErasing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop, flip, jitter (and erase) each image, drawing random numbers in the order ``v2.Compose`` would."""
         views, boxes = [], []
         for img in images:
             params = crop.make_params([img])
@@ -260,6 +266,7 @@ class MultiCropAugment:
             flipped = self.flip is not None and bool(torch.rand(1) < self.flip.p)
             if flipped:
                 view = self.flip.transform(view, {})
-            views.append(self.jitter(view))
+            view = self.jitter(view)
+            views.append(erase(view) if erase is not None else view)
             boxes.append([params["top"], params["left"], params["height"], params["width"], int(flipped)])
         return normalize(torch.stack(views), self.mean, self.std), torch.tensor(boxes)

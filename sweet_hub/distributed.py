@@ -9,7 +9,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["gather_batches"]
+__all__ = ["gather_batches", "global_mean_factor"]
+
+
+def _world() -> int:
+    """The number of processes of torch.distributed (1 outside it)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def global_mean_factor(count: int) -> float:
+    """The factor that makes this process's *sum* over ``count`` rows its share of the mean over
+    every process's rows: DDP averages the processes' losses, so with ``world / total`` each
+    process's loss may have its own number of rows (matched tokens, say) and the update still
+    equals the single-process mean over all of them. ``1 / count`` outside torch.distributed; 0
+    when no process has a row."""
+    world = _world()
+    if world == 1:
+        return 1.0 / count if count else 0.0
+    import torch.distributed as dist
+
+    total = torch.tensor([count], dtype=torch.int64)
+    dist.all_reduce(total)
+    return world / total.item() if total.item() else 0.0
 
 
 def gather_batches(tensor: Tensor) -> tuple[Tensor, int]:
@@ -20,10 +43,9 @@ def gather_batches(tensor: Tensor) -> tuple[Tensor, int]:
     contrasted against N*B - 1 negatives, not B - 1, so the loss does not change when the same
     global batch is split over more processes. Every process must call it with the same shape.
     """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _world() == 1:
         return tensor, 0
+    import torch.distributed as dist
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(tensor)), dist.get_rank() * tensor.shape[0]

@@ -164,6 +164,39 @@ def test_demo_small(tmp_path):
     assert "mean-centred pixels" in section and "The largest size (3x96)" in section
 
 
+def test_attention_pool_small(tmp_path, template_dir):
+    """Both learned pools train on the frozen model (its weights untouched) and are read with the protocol's k-NN
+    beside the pooled features, which match readout.py's."""
+    import attention_pool
+    import readout
+
+    from sweet_hub import SweetTemplate
+
+    result = attention_pool.main(["--template", str(template_dir), "--sizes", "2x32", "--steps", "3", "--batch-size", "16",
+                                  "--train-size", "300", "--test-size", "200", "--out", str(tmp_path / "pool.json")])
+    (row,) = result["rows"]
+    assert all(0 <= row[k] <= 100 for k in attention_pool.READOUTS) and result["protocol"]["queries"] == "held-out train images"
+    assert row["pool_params"]["map"] > 0 and row["pool_params"]["avg_mlp"] > 0 and (tmp_path / "pool.png").stat().st_size > 0
+    same = readout.main(["--template", str(template_dir), "--sizes", "2x32", "--train-size", "300", "--test-size", "200",
+                         "--out", str(tmp_path / "readout.json")])
+    assert row["pooled"] == same["rows"][0]["pooled"]
+    import readme_table
+
+    section = "\n".join(readme_table.attention_pool_section(result))
+    assert "| 2x32 |" in section and "trained attention pool" in section and "Against the mean pool: attention pool" in section
+
+    model = SweetTemplate.from_pretrained(template_dir).materialize(2, 32).requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    cfg = SweetTemplate.from_pretrained(template_dir).config
+    torch.manual_seed(0)  # what train_pool(seed=0) builds before its first step
+    fresh = attention_pool.build_pool("map", 32, 2)
+    pool = attention_pool.train_pool(model, "map", images, cfg, steps=2, batch_size=8, lr=1e-2, seed=0)
+    assert not pool.training and any(not torch.equal(a, b) for a, b in zip(pool.state_dict().values(), fresh.state_dict().values()))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert pool(torch.randn(5, 16, 32)).shape == (5, 32)
+
+
 def test_readout_small(tmp_path, template_dir):
     import readme_table
     import readout
@@ -346,6 +379,11 @@ def test_recipe_study_quick(tmp_path):
     assert base["mean_knn_anchors"] is not None and base["mean_knn_unseen"] is not None and base["materialize_ms"]["ms"] > 0
     assert result["variants"]["single"]["mean_knn_unseen"] is None  # one size: nothing unseen
     assert {"raw_pixels_knn", "centred_pixels_knn", "pixels_linear_probe", "random_init"} <= set(result["baselines"])
+    # a note about cached runs adds the note, not another row naming them
+    noted = recipe_study.main(["--quick", "--only", "base", "crops", "--note", "Round 1 read.", "--run-dir", str(tmp_path / "runs"),
+                               "--out", str(tmp_path / "rs.json")])
+    assert noted["invocations"] == result["invocations"] and noted["notes"].endswith("Round 1 read.")
+    assert noted["variants"]["base"] == base
 
 
 def test_derived_scalers_compares_rules_with_the_learned_scalers_a_template_ships(tmp_path, tiny_template):

@@ -34,30 +34,38 @@ def _problem() -> tuple[torch.nn.Linear, list[torch.Tensor]]:
     return layer, views
 
 
-def _contrastive(layer: torch.nn.Linear, views: list[torch.Tensor], gather: bool) -> torch.Tensor:
-    students = [F.normalize(layer(v), dim=-1) for v in views]
+def _contrastive(layer: torch.nn.Linear, views: list[torch.Tensor], rows: slice) -> torch.Tensor:
+    students = [F.normalize(layer(v[rows]), dim=-1) for v in views]
     return contrastive_loss(students, students[:2], temperature=0.2, same_views=True)  # always gathers under DDP
 
 
-def _relation(layer: torch.nn.Linear, views: list[torch.Tensor], gather: bool) -> torch.Tensor:
+def _relation(layer: torch.nn.Linear, views: list[torch.Tensor], rows: slice) -> torch.Tensor:
     """The student (width DIM) ranks its batch like a fixed teacher of another width (views[1] widened)."""
-    teacher = torch.cat([views[1], views[2]], dim=1)
-    return relation_loss(layer(views[0]), teacher, gather=gather)
+    teacher = torch.cat([views[1][rows], views[2][rows]], dim=1)
+    return relation_loss(layer(views[0][rows]), teacher, gather=True)  # a no-op outside torch.distributed
 
 
-def _dense(layer: torch.nn.Linear, views: list[torch.Tensor], gather: bool) -> torch.Tensor:
-    """Each image's two views as 2x2 grids of 4-dim tokens, cut from the whole image (the second flipped), so every
-    token has a match and both processes score as many matches; the candidates are every process's tokens."""
+def _dense(layer: torch.nn.Linear, views: list[torch.Tensor], rows: slice, second_box: list[int] | None = None) -> torch.Tensor:
+    """Each image's two views as 2x2 grids of 4-dim tokens, the first cut from the whole image, the second flipped and
+    cut from ``second_box`` for the images of the batch's second half (the whole image by default, so that every token
+    has a match and both processes score as many); the candidates are every process's tokens."""
     from training.selfsup import ProjectionHead, token_matches
 
     torch.manual_seed(1)
     head = ProjectionHead(4, 8, 4, dense_weight=1.0)
-    tokens = torch.cat([layer(v).view(-1, 4, 4) for v in views[:2]])
-    boxes = [torch.tensor([[0, 0, 28, 28, flip]] * views[0].shape[0]) for flip in (0, 1)]
+    tokens = torch.cat([layer(v[rows]).view(-1, 4, 4) for v in views[:2]])
+    second = [[0, 0, 28, 28, 1]] * (BATCH // 2) + [second_box or [0, 0, 28, 28, 1]] * (BATCH // 2)
+    boxes = [torch.tensor([[0, 0, 28, 28, 0]] * BATCH)[rows], torch.tensor(second)[rows]]
     return head.dense_loss(tokens, token_matches(boxes, 2), temperature=0.2)  # always gathers under DDP
 
 
-LOSSES = {"contrastive": _contrastive, "dense": _dense, "relation": _relation}
+def _dense_unequal(layer: torch.nn.Linear, views: list[torch.Tensor], rows: slice) -> torch.Tensor:
+    """The dense term when the processes hold different numbers of matches: the second half's second views are the
+    top-left quarter of the image, where one token of the first view falls."""
+    return _dense(layer, views, rows, second_box=[0, 0, 14, 14, 1])
+
+
+LOSSES = {"contrastive": _contrastive, "dense": _dense, "dense_unequal": _dense_unequal, "relation": _relation}
 
 
 def _worker(rank: int, world: int, port: int, out: str, name: str) -> None:
@@ -66,7 +74,7 @@ def _worker(rank: int, world: int, port: int, out: str, name: str) -> None:
     try:
         layer, views = _problem()
         half = BATCH // world
-        loss = LOSSES[name](layer, [v[rank * half:(rank + 1) * half] for v in views], gather=True)
+        loss = LOSSES[name](layer, views, rows=slice(rank * half, (rank + 1) * half))
         loss.backward()
         grad = layer.weight.grad.clone()
         dist.all_reduce(grad)  # DDP averages gradients over processes
@@ -93,7 +101,7 @@ def test_two_processes_see_the_whole_global_batch(tmp_path, name):
     result = torch.load(out)
 
     layer, views = _problem()
-    single = LOSSES[name](layer, views, gather=False)
+    single = LOSSES[name](layer, views, rows=slice(None))
     single.backward()
     # the same loss and gradient as one process on the whole batch
     assert torch.allclose(result["loss"], single.detach(), atol=1e-5), (result["loss"], single)
@@ -111,6 +119,7 @@ def test_without_a_process_group_gather_is_the_identity():
 def test_without_the_gather_each_process_would_rank_its_own_half_only():
     """The check above is not vacuous: the relational term of half a batch differs from the whole batch's."""
     layer, views = _problem()
-    whole = _relation(layer, views, gather=False)
-    halves = torch.stack([_relation(layer, [v[i * 4:(i + 1) * 4] for v in views], gather=False) for i in range(2)]).mean()
+    whole = _relation(layer, views, rows=slice(None))
+    halves = torch.stack([relation_loss(layer(views[0][i * 4:(i + 1) * 4]), torch.cat([views[1], views[2]], dim=1)[i * 4:(i + 1) * 4],
+                                        gather=False) for i in range(2)]).mean()
     assert abs(whole.item() - halves.item()) > 1e-3

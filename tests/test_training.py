@@ -61,6 +61,27 @@ def test_dense_term_pre_trains_end_to_end(tmp_path):
     assert (out / "template" / "template.safetensors").is_file()
 
 
+def test_random_erasing_and_batchnorm_head_pre_train_end_to_end(tmp_path):
+    """pretrain.py with erase_p and proj_norm=batch trains and saves a template."""
+    out = tmp_path / "erase_bn"
+    run([*PRETRAIN, f"output_dir={out}", "erase_p=0.5", "proj_norm=batch", "max_steps=2", NO_EVAL])
+    rows = (out / "train_log.csv").read_text().splitlines()
+    assert len(rows) == 3 and float(rows[-1].split(",")[1]) > 0
+    assert (out / "template" / "template.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["sweet", "single", "poa"])
+def test_proj_norm_puts_batchnorm_in_every_methods_head(method):
+    from training.config import load_config
+    from training.pretrain import build_method
+
+    def head(*overrides: str) -> torch.nn.Module:
+        return build_method(load_config(ROOT / "training" / "configs" / "tiny.yaml", [f"method={method}", *overrides])).head
+
+    assert isinstance(head("proj_norm=batch").mlp.norm, torch.nn.BatchNorm1d)
+    assert isinstance(head().mlp.norm, torch.nn.Identity)
+
+
 def test_time_budget_stops_the_run_and_drives_the_schedule(tmp_path):
     out = tmp_path / "budget"
     run([*PRETRAIN, f"output_dir={out}", "max_steps=100000", "time_budget_minutes=0.05", "anchor_weights=[0,1]",
@@ -212,6 +233,8 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     ("dense_weight=1\nn_global=1", "needs n_global >= 2 and mask_ratio=0"),
     ("dense_largest_only=true", "only applies with sandwich=true and dense_weight > 0"),
     ("dense_weight=1\ndense_largest_only=true", "only applies with sandwich=true and dense_weight > 0"),
+    ("erase_p=2", "erase_p is a probability, in \\[0, 1\\]"),
+    ("proj_norm=layer", "proj_norm='layer' is not one of"),
 ])
 def test_bad_config_is_a_clear_error(override, message):
     from training.config import ConfigError, load_config
@@ -424,6 +447,21 @@ def test_crops_with_boxes_draws_the_views_of_a_compose_pipeline():
     assert all(torch.equal(a, b) for a, b in zip([*global_views, *local_views], expected))
     assert torch.equal(augment(images, seed=7)[0][1], global_views[1])
     assert len(boxes) == 2 and boxes[0].shape == (6, 5) and set(boxes[0][:, 4].tolist()) <= {0, 1}
+
+
+def test_random_erasing_blanks_a_rectangle_of_each_global_view_only():
+    """erase_p=1: every global view of a white image has a black rectangle of about 2-25% of its area
+    (set before normalization, so it reads as the background); local views are never erased."""
+    from training.data import MultiCropAugment
+
+    images = torch.full((16, 1, 28, 28), 255, dtype=torch.uint8)
+    augment = MultiCropAugment(28, (0.5,), (0.5,), n_global=2, n_local=1, local_size=14, jitter=0.0, erase_p=1.0)
+    global_views, local_views = augment(images, seed=3)
+    for view in global_views:
+        erased = (view == -1.0).flatten(1).float().mean(1)  # (0 - 0.5) / 0.5: a black pixel
+        assert ((erased >= 0.015) & (erased <= 0.27)).all()  # 2-25% of the area, the sides rounded to whole pixels
+        assert torch.equal(view[view != -1.0], torch.ones_like(view[view != -1.0]))
+    assert (local_views[0] == 1.0).all()
 
 
 def test_token_matches_pair_tokens_that_see_the_same_image_position():
@@ -709,9 +747,9 @@ def test_relation_loss_compares_neighbourhoods_whatever_the_width():
 
 def test_learn_scalers_relation_weight_adds_the_weighted_relational_term(tiny_template):
     """The loss of a run with relation_weight is the token loss plus w x the relational one, from the same start."""
-    from sweet_hub.distill import TokenDistiller, relation_loss
     from sweet_hub.config import vit_args
     from sweet_hub.data import normalize
+    from sweet_hub.distill import TokenDistiller, relation_loss
 
     images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
     cfg, teacher = tiny_template.config, tiny_template.config.largest_anchor

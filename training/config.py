@@ -95,6 +95,7 @@ class TrainConfig:
     export_ema: bool = _opt(False, "save the EMA teacher instead of the student")
     proj_hidden: int = _opt(512, "projection head hidden width")
     proj_dim: int = _opt(128, "projection head output width")
+    proj_norm: str = _opt("none", "none | batch (BatchNorm1d on the projection head's hidden layer, as SimCLR's; per process under DDP)")
     recon_weight: float = _opt(0.0, "weight of the pixel term: a linear decoder reads each global view back from its pooled features (0: off)")
     mask_ratio: float = _opt(0.0, "fraction of each global view's patches the student does not see (set to the mean); 0: off")
     mim_weight: float = _opt(0.0, "weight of masked-patch prediction: a linear decoder reads each hidden patch's pixels back "
@@ -111,6 +112,7 @@ class TrainConfig:
     global_scale: list[float] = _opt([0.35, 1.0], "RandomResizedCrop area range of global crops")
     local_scale: list[float] = _opt([0.1, 0.35], "RandomResizedCrop area range of local crops")
     jitter: float = _opt(0.4, "brightness/contrast jitter")
+    erase_p: float = _opt(0.0, "probability of blanking a random rectangle (2-25% of the area) of each global view (0: off)")
     width_scaling_p: float = _opt(0.5, "width-wise stochastic scaling: probability of a random width per step")
     width_scaling_max: int | None = _opt(None, "largest stochastic width (None: the largest anchor width)")
     depth_scaling_p: float = _opt(0.0, "probability of a random depth between the anchors' per step")
@@ -144,10 +146,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_CHOICES = {"method": ("sweet", "poa", "single"), "teacher": ("none", "ema"), "mixed_precision": (None, "no", "bf16", "fp16")}
+_CHOICES = {"method": ("sweet", "poa", "single"), "teacher": ("none", "ema"), "proj_norm": ("none", "batch"),
+            "mixed_precision": (None, "no", "bf16", "fp16")}
 _POSITIVE_INTS = ("max_steps", "batch_size", "grad_accum", "save_every", "save_total_limit", "log_every", "n_global", "local_size")
 _FLOATS = ("lr", "scaler_lr_scale", "min_lr", "weight_decay", "clip_grad", "temperature", "ema_momentum", "jitter", "width_scaling_p", "depth_scaling_p", "recon_weight",
-           "mask_ratio", "mim_weight", "dense_weight")
+           "mask_ratio", "mim_weight", "dense_weight", "erase_p")
 _SECTIONS = {"poa": PoaSettings, "final_eval": EvalSettings}
 
 
@@ -237,6 +240,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"temperature must be > 0, got {cfg.temperature}.")
     if cfg.recon_weight < 0:
         raise ConfigError(f"recon_weight must be >= 0 (0 turns the pixel term off), got {cfg.recon_weight}.")
+    if not 0 <= cfg.erase_p <= 1:
+        raise ConfigError(f"erase_p is a probability, in [0, 1], got {cfg.erase_p} (0 turns random erasing off).")
     if not 0 <= cfg.mask_ratio < 1:
         raise ConfigError(f"mask_ratio is the fraction of patches hidden, in [0, 1), got {cfg.mask_ratio}.")
     if cfg.mim_weight < 0 or (cfg.mim_weight > 0 and cfg.mask_ratio == 0):

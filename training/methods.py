@@ -96,13 +96,13 @@ class SweetMethod(nn.Module):
                  anchor_weights: list[float] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
                  mim_separate: bool = False, sandwich: bool = False, inplace_distill: bool = False,
                  sandwich_all: bool = False, anchor_loss_weights: list[float] | None = None, dense_weight: float = 0.0,
-                 dense_largest_only: bool = False) -> None:
+                 dense_largest_only: bool = False, proj_norm: str = "none") -> None:
         super().__init__()
         self.template = template
         cfg = template.config
         self.patch_size = cfg.patch_size
         self.head = ProjectionHead(cfg.ranks[1], proj_hidden, proj_dim, view_pixels(cfg.in_chans, cfg.img_size), recon_weight,
-                                   cfg.in_chans * cfg.patch_size ** 2, mim_weight, mim_separate, dense_weight)
+                                   cfg.in_chans * cfg.patch_size ** 2, mim_weight, mim_separate, dense_weight, proj_norm)
         self.width_scaling_p, self.depth_scaling_p = width_scaling_p, depth_scaling_p
         widths = [w for _, w in cfg.anchors]
         #: widths width-wise stochastic scaling draws from: multiples of head_dim from the smallest
@@ -213,7 +213,7 @@ class SingleMethod(nn.Module):
 
     def __init__(self, model_name: str, model_kwargs: dict[str, Any], proj_hidden: int = 512, proj_dim: int = 128,
                  pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
-                 mim_separate: bool = False, dense_weight: float = 0.0) -> None:
+                 mim_separate: bool = False, dense_weight: float = 0.0, proj_norm: str = "none") -> None:
         super().__init__()
         # pretrained_cfg: the data config (input size, mean/std) recorded when the model is exported
         self.vit = timm.create_model(model_name, pretrained=False, dynamic_img_size=True, pretrained_cfg_overlay=pretrained_cfg,
@@ -221,7 +221,7 @@ class SingleMethod(nn.Module):
         pixels = view_pixels(model_kwargs["in_chans"], model_kwargs["img_size"])
         self.patch_size = model_kwargs["patch_size"]
         self.head = ProjectionHead(self.vit.embed_dim, proj_hidden, proj_dim, pixels, recon_weight,
-                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate, dense_weight)
+                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate, dense_weight, proj_norm)
         self.size = (len(self.vit.blocks), self.vit.embed_dim)
 
     @property

@@ -94,7 +94,7 @@ class POAMethod(nn.Module):
 
     def __init__(self, model_kwargs: dict[str, Any], poa_cfg: PoaSettings, proj_hidden: int = 512, proj_dim: int = 128,
                  pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
-                 mim_separate: bool = False, dense_weight: float = 0.0) -> None:
+                 mim_separate: bool = False, dense_weight: float = 0.0, proj_norm: str = "none") -> None:
         super().__init__()
         self.vit = timm.create_model("vit_base_patch16_224", pretrained=False, dynamic_img_size=True,
                                      pretrained_cfg_overlay=pretrained_cfg, **model_kwargs)
@@ -103,7 +103,7 @@ class POAMethod(nn.Module):
         pixels = view_pixels(model_kwargs["in_chans"], model_kwargs["img_size"])
         self.patch_size = model_kwargs["patch_size"]
         self.head = ProjectionHead(self.full[1], proj_hidden, proj_dim, pixels, recon_weight,
-                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate, dense_weight)
+                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate, dense_weight, proj_norm)
         self.runner = FunctionalViT(model_kwargs)
         depths = poa_cfg.elastic_depths or list(range(max(1, self.full[0] // 2), self.full[0] + 1))
         widths = poa_cfg.elastic_widths or list(range(max(self.head_dim, self.full[1] // 3), self.full[1] + 1, self.head_dim))

@@ -82,7 +82,7 @@ def build_method(cfg: TrainConfig) -> PretrainMethod:
     """The module being trained, from the config's ``method``."""
     method = cfg.method
     head = dict(proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim, recon_weight=cfg.recon_weight, mim_weight=cfg.mim_weight,
-                mim_separate=cfg.mim_separate, dense_weight=cfg.dense_weight)
+                mim_separate=cfg.mim_separate, dense_weight=cfg.dense_weight, proj_norm=cfg.proj_norm)
     if method == "sweet":
         from sweet_hub import SweetTemplate
         from training.methods import SweetMethod
@@ -266,7 +266,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     raw = accelerator.unwrap_model(method)
     batches = StepBatches(len(data), cfg.batch_size // cfg.grad_accum, cfg.seed, accelerator.process_index, accelerator.num_processes)
     augment = MultiCropAugment(tcfg.img_size, tuple(tcfg.mean), tuple(tcfg.std), cfg.n_global, cfg.n_local,
-                               cfg.local_size, tuple(cfg.global_scale), tuple(cfg.local_scale), cfg.jitter)
+                               cfg.local_size, tuple(cfg.global_scale), tuple(cfg.local_scale), cfg.jitter,
+                               erase_p=cfg.erase_p)
     max_steps, ga = cfg.max_steps, cfg.grad_accum
     num_patches = (tcfg.img_size // tcfg.patch_size) ** 2
     budget = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None

@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from sweet_hub.distributed import gather_batches  # re-exported: training scripts import it from here
+from sweet_hub.distributed import gather_batches, global_mean_factor  # training scripts import gather_batches from here
 
 __all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "TokenMatch", "apply_patch_masks", "contrastive_loss",
            "cosine_schedule", "gather_batches", "patchify", "pooled_and_tokens", "random_patch_masks", "set_lr", "token_matches"]
@@ -52,9 +52,11 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, recon_pixels: int = 0,
                  recon_weight: float = 0.0, patch_pixels: int = 0, mim_weight: float = 0.0, mim_separate: bool = False,
-                 dense_weight: float = 0.0) -> None:
+                 dense_weight: float = 0.0, norm: str = "none") -> None:
         super().__init__()
-        self.mlp = Mlp(in_dim, hidden_features=hidden_dim, out_features=hidden_dim, act_layer=nn.GELU)
+        # norm="batch": BatchNorm1d on the hidden layer, as SimCLR's projector has (per process under DDP)
+        self.mlp = Mlp(in_dim, hidden_features=hidden_dim, out_features=hidden_dim, act_layer=nn.GELU,
+                       norm_layer=nn.BatchNorm1d if norm == "batch" else None)
         self.out = nn.Linear(hidden_dim, out_dim)
         self.recon_weight, self.mim_weight = recon_weight, mim_weight
         #: the masked views get a forward pass of their own and the contrastive loss sees the unmasked ones
@@ -96,7 +98,9 @@ class ProjectionHead(nn.Module):
         """``dense_weight`` x the mean InfoNCE of the matched tokens: each ``matches`` entry's
         student tokens (of view ``a``) must pick their match among every token of view ``b`` in
         the batch (of all processes under DDP). ``tokens`` are the global views' patch tokens,
-        (n_global * B, N, in_dim) in view order; 0 without a dense head or matches."""
+        (n_global * B, N, in_dim) in view order; 0 without a dense head or matches. Each pair of
+        views is a mean over its matches in the global batch (:func:`global_mean_factor`), so the
+        update does not depend on how the matches fall between processes."""
         if self.dense is None or not matches:
             return self.out.weight.new_zeros(())
         n_views = 1 + max(max(m.a, m.b) for m in matches)
@@ -105,7 +109,9 @@ class ProjectionHead(nn.Module):
         losses = []
         for match in matches:
             target, offset = gathered[match.b]
-            losses.append(F.cross_entropy(views[match.a][match.student] @ target.T / temperature, match.target + offset))
+            logits = views[match.a][match.student] @ target.T / temperature
+            summed = F.cross_entropy(logits, match.target + offset, reduction="sum")
+            losses.append(summed * global_mean_factor(len(match.student)))
         return self.dense_weight * torch.stack(losses).mean()
 
 
