@@ -383,7 +383,8 @@ def test_recipe_study_quick(tmp_path):
     noted = recipe_study.main(["--quick", "--only", "base", "crops", "--note", "Round 1 read.", "--run-dir", str(tmp_path / "runs"),
                                "--out", str(tmp_path / "rs.json")])
     assert noted["invocations"] == result["invocations"] and noted["notes"].endswith("Round 1 read.")
-    assert noted["variants"]["base"] == base
+    drop_timing = lambda row: {k: v for k, v in row.items() if k != "materialize_ms"}  # re-timed on each invocation
+    assert drop_timing(noted["variants"]["base"]) == drop_timing(base)
 
 
 def test_derived_scalers_compares_rules_with_the_learned_scalers_a_template_ships(tmp_path, tiny_template):
