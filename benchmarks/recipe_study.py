@@ -216,6 +216,14 @@ PLANS: dict[str, dict[str, Any]] = {
                                      "proj_dim": 256},
             "long3_v5_projbn_wide_s1": {**V3, "n_local": 0, "budget_fraction": 3, "proj_norm": "batch", "proj_hidden": 2048,
                                         "proj_dim": 256, "seed": 1},
+            # round 37 (planned): the objective itself. InfoNCE asks every image to differ from every other, same class or not;
+            # Barlow Twins (no negatives, decorrelated dimensions) has no such term and relies on a BatchNorm projector, which
+            # just led. On the v7 recipe (the v5 recipe with the BatchNorm projector), at the projector width of round 36
+            # (Barlow Twins wants a wide output) and at the default one, read against long3_v5_projbn (the same round's machine
+            # re-runs it if it is not cached there)
+            "long3_v7_barlow": {**V3, "n_local": 0, "budget_fraction": 3, "proj_norm": "batch", "objective": "barlow"},
+            "long3_v7_barlow_wide": {**V3, "n_local": 0, "budget_fraction": 3, "proj_norm": "batch", "objective": "barlow",
+                                     "proj_hidden": 2048, "proj_dim": 1024},
         },
     },
     "quick": {

@@ -6,10 +6,12 @@ neighbourhoods) must see the whole global batch, or it changes with the number o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["gather_batches", "global_mean_factor"]
+__all__ = ["gather_batches", "global_mean_factors"]
 
 
 def _world() -> int:
@@ -19,20 +21,20 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def global_mean_factor(count: int) -> float:
-    """The factor that makes this process's *sum* over ``count`` rows its share of the mean over
-    every process's rows: DDP averages the processes' losses, so with ``world / total`` each
-    process's loss may have its own number of rows (matched tokens, say) and the update still
-    equals the single-process mean over all of them. ``1 / count`` outside torch.distributed; 0
-    when no process has a row."""
+def global_mean_factors(counts: Sequence[int]) -> list[float]:
+    """For each count, the factor that makes this process's *sum* over ``count`` rows its share
+    of the mean over every process's rows: DDP averages the processes' losses, so with
+    ``world / total`` each process's loss may have its own number of rows (matched tokens, say)
+    and the update still equals the single-process mean over all of them. ``1 / count`` outside
+    torch.distributed; 0 when no process has a row. One all-reduce for all the counts."""
     world = _world()
     if world == 1:
-        return 1.0 / count if count else 0.0
+        return [1.0 / count if count else 0.0 for count in counts]
     import torch.distributed as dist
 
-    total = torch.tensor([count], dtype=torch.int64)
-    dist.all_reduce(total)
-    return world / total.item() if total.item() else 0.0
+    totals = torch.tensor(list(counts), dtype=torch.int64)
+    dist.all_reduce(totals)
+    return [world / total if total else 0.0 for total in totals.tolist()]
 
 
 def gather_batches(tensor: Tensor) -> tuple[Tensor, int]:

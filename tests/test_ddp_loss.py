@@ -22,7 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweet_hub.distill import relation_loss
-from training.selfsup import contrastive_loss, gather_batches
+from training.selfsup import barlow_loss, contrastive_loss, gather_batches
 
 BATCH, DIM, VIEWS = 8, 16, 3
 
@@ -39,6 +39,12 @@ def _contrastive(layer: torch.nn.Linear, views: list[torch.Tensor], rows: slice)
     return contrastive_loss(students, students[:2], temperature=0.2, same_views=True)  # always gathers under DDP
 
 
+def _barlow(layer: torch.nn.Linear, views: list[torch.Tensor], rows: slice) -> torch.Tensor:
+    """Barlow Twins: the batch statistics are the global batch's, so each process computes the whole loss."""
+    students = [layer(v[rows]) for v in views]
+    return barlow_loss(students, students[:2], lambd=0.1, same_views=True)  # always gathers under DDP
+
+
 def _relation(layer: torch.nn.Linear, views: list[torch.Tensor], rows: slice) -> torch.Tensor:
     """The student (width DIM) ranks its batch like a fixed teacher of another width (views[1] widened)."""
     teacher = torch.cat([views[1][rows], views[2][rows]], dim=1)
@@ -52,7 +58,7 @@ def _dense(layer: torch.nn.Linear, views: list[torch.Tensor], rows: slice, secon
     from training.selfsup import ProjectionHead, token_matches
 
     torch.manual_seed(1)
-    head = ProjectionHead(4, 8, 4, dense_weight=1.0)
+    head = ProjectionHead(4, hidden_dim=8, out_dim=4, dense_weight=1.0)
     tokens = torch.cat([layer(v[rows]).view(-1, 4, 4) for v in views[:2]])
     second = [[0, 0, 28, 28, 1]] * (BATCH // 2) + [second_box or [0, 0, 28, 28, 1]] * (BATCH // 2)
     boxes = [torch.tensor([[0, 0, 28, 28, 0]] * BATCH)[rows], torch.tensor(second)[rows]]
@@ -65,7 +71,7 @@ def _dense_unequal(layer: torch.nn.Linear, views: list[torch.Tensor], rows: slic
     return _dense(layer, views, rows, second_box=[0, 0, 14, 14, 1])
 
 
-LOSSES = {"contrastive": _contrastive, "dense": _dense, "dense_unequal": _dense_unequal, "relation": _relation}
+LOSSES = {"barlow": _barlow, "contrastive": _contrastive, "dense": _dense, "dense_unequal": _dense_unequal, "relation": _relation}
 
 
 def _worker(rank: int, world: int, port: int, out: str, name: str) -> None:

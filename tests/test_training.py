@@ -70,6 +70,63 @@ def test_random_erasing_and_batchnorm_head_pre_train_end_to_end(tmp_path):
     assert (out / "template" / "template.safetensors").is_file()
 
 
+def test_barlow_objective_pre_trains_end_to_end(tmp_path):
+    """pretrain.py with objective=barlow trains, saves a template and names the loss in its card."""
+    out = tmp_path / "barlow"
+    run([*PRETRAIN, f"output_dir={out}", "objective=barlow", "proj_norm=batch", "max_steps=2", NO_EVAL])
+    rows = (out / "train_log.csv").read_text().splitlines()
+    assert len(rows) == 3 and float(rows[-1].split(",")[1]) > 0
+    assert "Barlow Twins loss (lambda=0.005)" in (out / "template" / "README.md").read_text()
+
+
+def _hadamard_views() -> torch.Tensor:
+    """(8, 4) projections whose columns have zero mean, unit variance and no correlation (Hadamard columns)."""
+    h = torch.tensor([[1.0]])
+    for _ in range(3):
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)])
+    return h[:, 1:5]
+
+
+def test_barlow_loss_is_zero_at_the_identity_and_counts_each_correlation():
+    """C = I scores 0 (whatever each dimension's scale and shift); an anti-correlated view scores (1 - (-1))^2 per
+    dimension; a dimension that mixes in another adds lambda * C_ij^2, all divided by the width."""
+    from training.selfsup import barlow_loss
+
+    z = _hadamard_views()
+    assert barlow_loss([z, z * 3 + 1], [z], lambd=0.5, same_views=False).item() == pytest.approx(0.0, abs=1e-6)
+    assert barlow_loss([z, -z], [z, -z], lambd=0.5, same_views=True).item() == pytest.approx(4.0, abs=1e-4)
+    mixed = z.clone()
+    mixed[:, 0] = (z[:, 0] + z[:, 1]) / 2 ** 0.5  # C_00 = C_01 = 1/sqrt(2) against z
+    expected = ((1 - 2 ** -0.5) ** 2 + 0.5 * 0.5) / 4  # diagonal miss of dim 0 + lambda * C_01^2, over d=4
+    assert barlow_loss([mixed], [z], lambd=0.5, same_views=False).item() == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["sweet", "single", "poa"])
+def test_barlow_objective_reaches_every_methods_loss(method):
+    """objective=barlow: the head's projections are not L2-normalized and the loss moves with barlow_lambda (an
+    InfoNCE loss would not read it)."""
+    from training.config import load_config
+    from training.pretrain import build_method
+
+    def loss_of(*overrides: str) -> tuple[torch.nn.Module, torch.Tensor]:
+        torch.manual_seed(0)
+        module = build_method(load_config(ROOT / "training" / "configs" / "tiny.yaml",
+                                          [f"method={method}", "size=[3,48]", "proj_norm=batch", *overrides]))
+        size = module.sample_size(__import__("random").Random(0))
+        torch.manual_seed(1)
+        views = [torch.randn(8, 1, 28, 28) for _ in range(2)]
+        return module, module(views, [], size)
+
+    module, low = loss_of("objective=barlow", "barlow_lambda=0")
+    assert module.head.objective == "barlow"
+    assert not torch.allclose(module.head(torch.randn(4, module.head.mlp.fc1.in_features)).norm(dim=-1), torch.ones(4))
+    _, high = loss_of("objective=barlow", "barlow_lambda=1")
+    assert high.item() > low.item() + 1e-3
+    _, infonce = loss_of("barlow_lambda=1")
+    _, infonce_default = loss_of()
+    assert infonce.item() == pytest.approx(infonce_default.item())
+
+
 @pytest.mark.parametrize("method", ["sweet", "single", "poa"])
 def test_proj_norm_puts_batchnorm_in_every_methods_head(method):
     from training.config import load_config
@@ -235,6 +292,9 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     ("dense_weight=1\ndense_largest_only=true", "only applies with sandwich=true and dense_weight > 0"),
     ("erase_p=2", "erase_p is a probability, in \\[0, 1\\]"),
     ("proj_norm=layer", "proj_norm='layer' is not one of"),
+    ("objective=vicreg", "objective='vicreg' is not one of"),
+    ("objective=barlow\nteacher=ema", "objective=barlow compares the student's own views \\(teacher=none\\)"),
+    ("barlow_lambda=-1", "barlow_lambda must be >= 0"),
 ])
 def test_bad_config_is_a_clear_error(override, message):
     from training.config import ConfigError, load_config

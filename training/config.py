@@ -89,6 +89,9 @@ class TrainConfig:
     mixed_precision: str | None = _opt(None, "None: the launcher decides; no | bf16 (fp16 is a no-op on CPU)")
     num_threads: int | None = _opt(None, "torch CPU threads per process (None: cores / processes)")
     # self-supervision
+    objective: str = _opt("infonce", "loss between views' projections: infonce (SimCLR-style, in-batch negatives) | barlow "
+                                     "(Barlow Twins: no negatives, cross-correlation pulled to the identity; wants proj_norm=batch)")
+    barlow_lambda: float = _opt(0.005, "objective=barlow: weight of the off-diagonal (redundancy) term")
     temperature: float = _opt(0.2, "InfoNCE temperature")
     teacher: str = _opt("none", "none (SimCLR-style targets) | ema (MoCo-v3-style EMA teacher)")
     ema_momentum: float = _opt(0.996, "initial EMA momentum (cosine to 1)")
@@ -146,11 +149,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_CHOICES = {"method": ("sweet", "poa", "single"), "teacher": ("none", "ema"), "proj_norm": ("none", "batch"),
+#: the losses between views' projections (``objective``; training.selfsup.ProjectionHead implements them)
+OBJECTIVES = ("infonce", "barlow")
+_CHOICES = {"method": ("sweet", "poa", "single"), "teacher": ("none", "ema"), "proj_norm": ("none", "batch"), "objective": OBJECTIVES,
             "mixed_precision": (None, "no", "bf16", "fp16")}
 _POSITIVE_INTS = ("max_steps", "batch_size", "grad_accum", "save_every", "save_total_limit", "log_every", "n_global", "local_size")
 _FLOATS = ("lr", "scaler_lr_scale", "min_lr", "weight_decay", "clip_grad", "temperature", "ema_momentum", "jitter", "width_scaling_p", "depth_scaling_p", "recon_weight",
-           "mask_ratio", "mim_weight", "dense_weight", "erase_p")
+           "mask_ratio", "mim_weight", "dense_weight", "erase_p", "barlow_lambda")
 _SECTIONS = {"poa": PoaSettings, "final_eval": EvalSettings}
 
 
@@ -236,6 +241,9 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.scaler_lr_scale <= 0 or (cfg.scaler_lr_scale != 1 and cfg.method != "sweet"):
         raise ConfigError(f"scaler_lr_scale must be > 0 and only applies to method=sweet (the other methods have no scalers), "
                           f"got {cfg.scaler_lr_scale} with method={cfg.method!r}.")
+    if cfg.barlow_lambda < 0 or (cfg.objective == "barlow" and cfg.teacher != "none"):
+        raise ConfigError(f"objective=barlow compares the student's own views (teacher=none) and barlow_lambda must be >= 0, "
+                          f"got teacher={cfg.teacher!r}, barlow_lambda={cfg.barlow_lambda}; set teacher=none or objective=infonce.")
     if cfg.temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {cfg.temperature}.")
     if cfg.recon_weight < 0:

@@ -1,7 +1,7 @@
 """What is being pre-trained: one module per method, all trained by the same loop (pretrain.py).
 
 Every method follows :class:`PretrainMethod`: it samples the size a step trains, maps a batch of
-views to the shared contrastive loss (``forward``), gives teacher targets (``embed_targets``,
+views to the loss every method shares (``forward``), gives teacher targets (``embed_targets``,
 used on its EMA copy), builds the model of a size for evaluation (``model_for``) and writes its
 artefact (``save_artefact``).
 
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from sweet_hub import SweetTemplate, derive_scalers, export_timm, materialize_state_dict
 from sweet_hub.config import format_size, vit_args
-from training.selfsup import FunctionalViT, ProjectionHead, TokenMatch, apply_patch_masks, contrastive_loss, pooled_and_tokens
+from training.selfsup import FunctionalViT, ProjectionHead, TokenMatch, apply_patch_masks, pooled_and_tokens
 
 __all__ = ["PretrainMethod", "SingleMethod", "SizeChoice", "SweetMethod", "embed_views", "mask_views", "student_loss", "view_pixels"]
 
@@ -92,17 +92,15 @@ class SweetMethod(nn.Module):
     (``features @ U / sqrt(width)``), so one head serves every width, stochastic ones included."""
 
     def __init__(self, template: SweetTemplate, width_scaling_p: float = 0.5, depth_scaling_p: float = 0.0,
-                 proj_hidden: int = 512, proj_dim: int = 128, width_scaling_max: int | None = None,
-                 anchor_weights: list[float] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
-                 mim_separate: bool = False, sandwich: bool = False, inplace_distill: bool = False,
-                 sandwich_all: bool = False, anchor_loss_weights: list[float] | None = None, dense_weight: float = 0.0,
-                 dense_largest_only: bool = False, proj_norm: str = "none") -> None:
+                 width_scaling_max: int | None = None, anchor_weights: list[float] | None = None, sandwich: bool = False,
+                 inplace_distill: bool = False, sandwich_all: bool = False, anchor_loss_weights: list[float] | None = None,
+                 dense_largest_only: bool = False, head: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.template = template
         cfg = template.config
         self.patch_size = cfg.patch_size
-        self.head = ProjectionHead(cfg.ranks[1], proj_hidden, proj_dim, view_pixels(cfg.in_chans, cfg.img_size), recon_weight,
-                                   cfg.in_chans * cfg.patch_size ** 2, mim_weight, mim_separate, dense_weight, proj_norm)
+        self.head = ProjectionHead(cfg.ranks[1], view_pixels(cfg.in_chans, cfg.img_size), cfg.in_chans * cfg.patch_size ** 2,
+                                   **(head or {}))
         self.width_scaling_p, self.depth_scaling_p = width_scaling_p, depth_scaling_p
         widths = [w for _, w in cfg.anchors]
         #: widths width-wise stochastic scaling draws from: multiples of head_dim from the smallest
@@ -211,17 +209,15 @@ class SweetMethod(nn.Module):
 class SingleMethod(nn.Module):
     """An ordinary timm ViT of one size with the same head and loss (per-size baseline)."""
 
-    def __init__(self, model_name: str, model_kwargs: dict[str, Any], proj_hidden: int = 512, proj_dim: int = 128,
-                 pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
-                 mim_separate: bool = False, dense_weight: float = 0.0, proj_norm: str = "none") -> None:
+    def __init__(self, model_name: str, model_kwargs: dict[str, Any], pretrained_cfg: dict[str, Any] | None = None,
+                 head: dict[str, Any] | None = None) -> None:
         super().__init__()
         # pretrained_cfg: the data config (input size, mean/std) recorded when the model is exported
         self.vit = timm.create_model(model_name, pretrained=False, dynamic_img_size=True, pretrained_cfg_overlay=pretrained_cfg,
                                      **model_kwargs)
         pixels = view_pixels(model_kwargs["in_chans"], model_kwargs["img_size"])
         self.patch_size = model_kwargs["patch_size"]
-        self.head = ProjectionHead(self.vit.embed_dim, proj_hidden, proj_dim, pixels, recon_weight,
-                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate, dense_weight, proj_norm)
+        self.head = ProjectionHead(self.vit.embed_dim, pixels, model_kwargs["in_chans"] * self.patch_size ** 2, **(head or {}))
         self.size = (len(self.vit.blocks), self.vit.embed_dim)
 
     @property
@@ -255,10 +251,11 @@ class SingleMethod(nn.Module):
         return export_timm(self.vit, output_dir / "model", provenance={"pre-training": "per-size (method=single)"})
 
 
-def student_loss(students: list[Tensor], targets: list[Tensor] | None, n_global: int, temperature: float) -> Tensor:
-    """The shared contrastive loss; without a teacher the targets are the student's global views."""
+def student_loss(head: ProjectionHead, students: list[Tensor], targets: list[Tensor] | None, n_global: int,
+                 temperature: float) -> Tensor:
+    """The shared loss between views (the head's objective); without a teacher the targets are the student's global views."""
     targets = targets if targets is not None else students[:n_global]
-    return contrastive_loss(students, targets, temperature, same_views=True)
+    return head.view_loss(students, targets, temperature, same_views=True)
 
 
 def student_objective(features_of, head: ProjectionHead, global_views: list[Tensor], local_views: list[Tensor],
@@ -277,7 +274,7 @@ def student_objective_and_views(features_of, head: ProjectionHead, global_views:
                                 patch_size: int, matches: list[TokenMatch] | None = None) -> tuple[Tensor, list[Tensor]]:
     """:func:`student_objective` and the student's projection of every view (in-place distillation reads them)."""
     students, features, tokens = embed_views(features_of, head, global_views, local_views, masks, patch_size)
-    loss = (student_loss(students, targets, len(global_views), temperature) + head.pixel_loss(features, global_views)
+    loss = (student_loss(head, students, targets, len(global_views), temperature) + head.pixel_loss(features, global_views)
             + head.masked_patch_loss(tokens, global_views, masks, patch_size) + head.dense_loss(tokens, matches, temperature))
     return loss, students
 

@@ -5,7 +5,7 @@ student, and an elastic student sampled each step (smaller sizes more often). Th
 network of (d, w) uses the first w channels of every layer (first w/head_dim heads, first 4w MLP
 channels) with inputs rescaled by D/w, and the evenly spaced blocks ``linspace(0, L-1, d)``.
 Loss: intact_weight * L(teacher -> intact) + elastic_weight * L(teacher -> elastic)
-+ distill_weight * L(intact -> elastic), with the same contrastive loss as every other method.
++ distill_weight * L(intact -> elastic), with the same loss between views as every other method (the head's objective).
 
 :func:`slice_state_dict` is both the elastic forward (differentiable) and the extraction of a
 sub-network to an ordinary timm state dict (rescale folded into the weights); with
@@ -27,7 +27,7 @@ from sweet_hub import export_timm
 from sweet_hub.export import vit_model_args
 from training.config import PoaSettings
 from training.methods import SizeChoice, _split_embed, embed_views, view_pixels
-from training.selfsup import FunctionalViT, ProjectionHead, TokenMatch, contrastive_loss, pooled_and_tokens
+from training.selfsup import FunctionalViT, ProjectionHead, TokenMatch, pooled_and_tokens
 
 __all__ = ["POAMethod", "extract_vit", "slice_state_dict"]
 
@@ -92,9 +92,8 @@ def extract_vit(model: nn.Module, depth: int, width: int, head_dim: int, rescale
 class POAMethod(nn.Module):
     """Full ViT + projection head; elastic sub-networks are slices of it (see module docstring)."""
 
-    def __init__(self, model_kwargs: dict[str, Any], poa_cfg: PoaSettings, proj_hidden: int = 512, proj_dim: int = 128,
-                 pretrained_cfg: dict[str, Any] | None = None, recon_weight: float = 0.0, mim_weight: float = 0.0,
-                 mim_separate: bool = False, dense_weight: float = 0.0, proj_norm: str = "none") -> None:
+    def __init__(self, model_kwargs: dict[str, Any], poa_cfg: PoaSettings, pretrained_cfg: dict[str, Any] | None = None,
+                 head: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.vit = timm.create_model("vit_base_patch16_224", pretrained=False, dynamic_img_size=True,
                                      pretrained_cfg_overlay=pretrained_cfg, **model_kwargs)
@@ -102,8 +101,7 @@ class POAMethod(nn.Module):
         self.full = (model_kwargs["depth"], model_kwargs["embed_dim"])
         pixels = view_pixels(model_kwargs["in_chans"], model_kwargs["img_size"])
         self.patch_size = model_kwargs["patch_size"]
-        self.head = ProjectionHead(self.full[1], proj_hidden, proj_dim, pixels, recon_weight,
-                                   model_kwargs["in_chans"] * self.patch_size ** 2, mim_weight, mim_separate, dense_weight, proj_norm)
+        self.head = ProjectionHead(self.full[1], pixels, model_kwargs["in_chans"] * self.patch_size ** 2, **(head or {}))
         self.runner = FunctionalViT(model_kwargs)
         depths = poa_cfg.elastic_depths or list(range(max(1, self.full[0] // 2), self.full[0] + 1))
         widths = poa_cfg.elastic_widths or list(range(max(self.head_dim, self.full[1] // 3), self.full[1] + 1, self.head_dim))
@@ -145,9 +143,9 @@ class POAMethod(nn.Module):
         reconstruction = lambda features, tokens: (self.head.pixel_loss(features, global_views)
                                                    + self.head.masked_patch_loss(tokens, global_views, masks, p)
                                                    + self.head.dense_loss(tokens, matches, temperature))
-        return (wi * contrastive_loss(intact, targets, temperature, same_views=True)
-                + we * contrastive_loss(elastic, targets, temperature, same_views=True)
-                + wd * contrastive_loss(elastic, distill_targets, temperature, same_views=True)
+        view_loss = self.head.view_loss
+        return (wi * view_loss(intact, targets, temperature) + we * view_loss(elastic, targets, temperature)
+                + wd * view_loss(elastic, distill_targets, temperature)
                 + wi * reconstruction(intact_features, intact_tokens)
                 + we * reconstruction(elastic_features, elastic_tokens))
 

@@ -78,11 +78,18 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 1024 + micro * 16 + rank
 
 
+def head_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The projection head's settings (``ProjectionHead`` keywords), the same for every method: each method forwards
+    them unchanged, so a new head setting is added here and in ``ProjectionHead`` only."""
+    return dict(hidden_dim=cfg.proj_hidden, out_dim=cfg.proj_dim, norm=cfg.proj_norm, objective=cfg.objective,
+                barlow_lambda=cfg.barlow_lambda, recon_weight=cfg.recon_weight, mim_weight=cfg.mim_weight,
+                mim_separate=cfg.mim_separate, dense_weight=cfg.dense_weight)
+
+
 def build_method(cfg: TrainConfig) -> PretrainMethod:
     """The module being trained, from the config's ``method``."""
     method = cfg.method
-    head = dict(proj_hidden=cfg.proj_hidden, proj_dim=cfg.proj_dim, recon_weight=cfg.recon_weight, mim_weight=cfg.mim_weight,
-                mim_separate=cfg.mim_separate, dense_weight=cfg.dense_weight, proj_norm=cfg.proj_norm)
+    head = head_options(cfg)
     if method == "sweet":
         from sweet_hub import SweetTemplate
         from training.methods import SweetMethod
@@ -93,7 +100,7 @@ def build_method(cfg: TrainConfig) -> PretrainMethod:
         return SweetMethod(template, cfg.width_scaling_p, cfg.depth_scaling_p,
                            width_scaling_max=cfg.width_scaling_max, anchor_weights=cfg.anchor_weights, sandwich=cfg.sandwich,
                            inplace_distill=cfg.inplace_distill, sandwich_all=cfg.sandwich_all,
-                           anchor_loss_weights=cfg.anchor_loss_weights, dense_largest_only=cfg.dense_largest_only, **head)
+                           anchor_loss_weights=cfg.anchor_loss_weights, dense_largest_only=cfg.dense_largest_only, head=head)
     from sweet_hub.config import timm_pretrained_cfg, vit_args
 
     tcfg = cfg.template_config(anchors=[tuple(cfg.size)])
@@ -102,11 +109,11 @@ def build_method(cfg: TrainConfig) -> PretrainMethod:
     if method == "single":
         from training.methods import SingleMethod
 
-        return SingleMethod("vit_base_patch16_224", model_kwargs, pretrained_cfg=data_cfg, **head)
+        return SingleMethod("vit_base_patch16_224", model_kwargs, pretrained_cfg=data_cfg, head=head)
     if method == "poa":
         from training.poa import POAMethod
 
-        return POAMethod(model_kwargs, cfg.poa, pretrained_cfg=data_cfg, **head)
+        return POAMethod(model_kwargs, cfg.poa, pretrained_cfg=data_cfg, head=head)
     raise ConfigError(f"method must be 'sweet', 'poa' or 'single', got {method!r}.")
 
 
@@ -343,6 +350,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     return summary
 
 
+def objective_description(cfg: TrainConfig) -> str:
+    """The loss between views as the model card names it."""
+    if cfg.objective == "barlow":
+        return f"Barlow Twins loss (lambda={cfg.barlow_lambda})"
+    return f"contrastive loss (T={cfg.temperature})"
+
+
 def finish(cfg: TrainConfig, method: PretrainMethod, state: TrainState, output_dir: Path) -> dict[str, Any]:
     """Write the artefact of the method and evaluate it (k-NN) as configured in ``final_eval``."""
     from training.report import evaluate_sizes, metrics_markdown
@@ -350,7 +364,7 @@ def finish(cfg: TrainConfig, method: PretrainMethod, state: TrainState, output_d
     training_facts = {
         "command": f"`{_command()}`",
         "data": f"{cfg.data} train split, {cfg.num_images or 'all'} images, no labels",
-        "method": f"{cfg.method}, contrastive loss (T={cfg.temperature}), {cfg.n_global} global + {cfg.n_local} local crops"
+        "method": f"{cfg.method}, {objective_description(cfg)}, {cfg.n_global} global + {cfg.n_local} local crops"
                   + (f", {cfg.mask_ratio:.0%} of global-view patches masked" if cfg.mask_ratio else "")
                   + (f", masked-patch prediction (weight {cfg.mim_weight}{', own forward pass' if cfg.mim_separate else ''})"
                      if cfg.mim_weight else "")

@@ -5,7 +5,9 @@ must pick its own image's target among the batch. Targets are the student's own 
 (SimCLR/CLIP-style, ``teacher: none``) or an EMA teacher's (MoCo-v3-style, ``teacher: ema``).
 A prototype measured a plain DINO loss plateauing at 64-68% k-NN on this data while an InfoNCE
 loss reached 71-72% in the same 20 minutes (CHANGELOG 0.1.0); the same loss is used for every method, so
-methods differ only in how sizes share weights.
+methods differ only in how sizes share weights. ``objective: barlow`` replaces InfoNCE by Barlow Twins
+(:func:`barlow_loss`), a loss without negatives whose target is a decorrelated, batch-standardized
+projection.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from sweet_hub.distributed import gather_batches, global_mean_factor  # training scripts import gather_batches from here
+from sweet_hub.distributed import gather_batches, global_mean_factors  # training scripts import gather_batches from here
+from training.config import OBJECTIVES
 
-__all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "TokenMatch", "apply_patch_masks", "contrastive_loss",
+__all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "TokenMatch", "apply_patch_masks", "barlow_loss",
+           "contrastive_loss",
            "cosine_schedule", "gather_batches", "patchify", "pooled_and_tokens", "random_patch_masks", "set_lr", "token_matches"]
 
 
@@ -50,14 +54,20 @@ class ProjectionHead(nn.Module):
     pooled k-NN (recipe study rounds 32-33), so it is off by default, as are the other two.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, recon_pixels: int = 0,
-                 recon_weight: float = 0.0, patch_pixels: int = 0, mim_weight: float = 0.0, mim_separate: bool = False,
-                 dense_weight: float = 0.0, norm: str = "none") -> None:
+    def __init__(self, in_dim: int, recon_pixels: int = 0, patch_pixels: int = 0, *, hidden_dim: int = 512, out_dim: int = 128,
+                 norm: str = "none", objective: str = "infonce", barlow_lambda: float = 0.005, recon_weight: float = 0.0,
+                 mim_weight: float = 0.0, mim_separate: bool = False, dense_weight: float = 0.0) -> None:
+        # in_dim and the pixel counts come from the method's network; the keywords are the head's settings, which every
+        # method forwards unchanged (``head_options`` in training/pretrain.py builds them from the config)
         super().__init__()
         # norm="batch": BatchNorm1d on the hidden layer, as SimCLR's projector has (per process under DDP)
         self.mlp = Mlp(in_dim, hidden_features=hidden_dim, out_features=hidden_dim, act_layer=nn.GELU,
                        norm_layer=nn.BatchNorm1d if norm == "batch" else None)
         self.out = nn.Linear(hidden_dim, out_dim)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r} is not one of {OBJECTIVES}.")
+        #: the loss between views' projections: InfoNCE on L2-normalized ones, or Barlow Twins on raw ones
+        self.objective, self.barlow_lambda = objective, barlow_lambda
         self.recon_weight, self.mim_weight = recon_weight, mim_weight
         #: the masked views get a forward pass of their own and the contrastive loss sees the unmasked ones
         self.mim_separate = mim_separate
@@ -74,7 +84,16 @@ class ProjectionHead(nn.Module):
         return self.token_decoder is not None or self.dense is not None
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.out(F.gelu(self.mlp(x))), dim=-1)
+        """The projection: L2-normalized for InfoNCE; raw for Barlow Twins, which standardizes over the batch."""
+        z = self.out(F.gelu(self.mlp(x)))
+        return F.normalize(z, dim=-1) if self.objective == "infonce" else z
+
+    def view_loss(self, students: list[Tensor], targets: list[Tensor], temperature: float, same_views: bool = True) -> Tensor:
+        """The objective between the student's projected views and the targets' (see :func:`contrastive_loss`,
+        :func:`barlow_loss`; ``temperature`` is InfoNCE's)."""
+        if self.objective == "barlow":
+            return barlow_loss(students, targets, self.barlow_lambda, same_views)
+        return contrastive_loss(students, targets, temperature, same_views)
 
     def pixel_loss(self, features: Tensor, views: list[Tensor]) -> Tensor:
         """``recon_weight`` x the mean squared error of the linear read-back of ``views`` (normalized
@@ -99,7 +118,7 @@ class ProjectionHead(nn.Module):
         student tokens (of view ``a``) must pick their match among every token of view ``b`` in
         the batch (of all processes under DDP). ``tokens`` are the global views' patch tokens,
         (n_global * B, N, in_dim) in view order; 0 without a dense head or matches. Each pair of
-        views is a mean over its matches in the global batch (:func:`global_mean_factor`), so the
+        views is a mean over its matches in the global batch (:func:`global_mean_factors`), so the
         update does not depend on how the matches fall between processes."""
         if self.dense is None or not matches:
             return self.out.weight.new_zeros(())
@@ -107,11 +126,10 @@ class ProjectionHead(nn.Module):
         views = [v.flatten(0, 1) for v in F.normalize(self.dense(tokens), dim=-1).split(tokens.shape[0] // n_views)]
         gathered = [gather_batches(v) for v in views]  # once per view: every other view's tokens pick among them
         losses = []
-        for match in matches:
+        for match, factor in zip(matches, global_mean_factors([len(m.student) for m in matches]), strict=True):
             target, offset = gathered[match.b]
             logits = views[match.a][match.student] @ target.T / temperature
-            summed = F.cross_entropy(logits, match.target + offset, reduction="sum")
-            losses.append(summed * global_mean_factor(len(match.student)))
+            losses.append(F.cross_entropy(logits, match.target + offset, reduction="sum") * factor)
         return self.dense_weight * torch.stack(losses).mean()
 
 
@@ -212,6 +230,38 @@ def contrastive_loss(students: list[Tensor], targets: list[Tensor], temperature:
             if same_views and i == j:
                 continue
             losses.append(F.cross_entropy(student @ target.T / temperature, labels))
+    return torch.stack(losses).mean()
+
+
+def barlow_loss(students: list[Tensor], targets: list[Tensor], lambd: float, same_views: bool) -> Tensor:
+    """Mean Barlow Twins loss over every (student view, target view) pair of different views.
+
+    Each view's (B, d) projections are standardized per dimension over the batch; the loss pulls the
+    (d, d) cross-correlation of a pair to the identity: sum_i (1 - C_ii)^2 + ``lambd`` sum_{i!=j} C_ij^2,
+    divided by d so that its size (and so gradient clipping and the other terms' weights) does not
+    change with the projection width. Why: no negatives, so the loss does not ask two images of the
+    same class to be told apart, and the off-diagonal term spreads the information over every
+    dimension. ``same_views`` as in :func:`contrastive_loss`. Under DDP the statistics are the
+    global batch's (:func:`gather_batches`): every process computes the same loss, and the gather's
+    backward sends each process the gradient of its own rows, so the averaged update equals one
+    process's on the whole batch.
+    """
+    def standardized(z: Tensor) -> Tensor:
+        z = gather_batches(z)[0]
+        return (z - z.mean(0)) / (z.std(0, unbiased=False) + 1e-5)
+
+    students_n = [standardized(s) for s in students]
+    targets_n = students_n[: len(targets)] if same_views and all(t is s for t, s in zip(targets, students)) else [
+        standardized(t) for t in targets]
+    losses = []
+    for i, student in enumerate(students_n):
+        for j, target in enumerate(targets_n):
+            if same_views and i == j:
+                continue
+            c = student.T @ target / student.shape[0]
+            diagonal = torch.diagonal(c)
+            off = c.pow(2).sum() - diagonal.pow(2).sum()
+            losses.append(((1 - diagonal).pow(2).sum() + lambd * off) / c.shape[0])
     return torch.stack(losses).mean()
 
 
