@@ -443,6 +443,27 @@ def overhead_section(r: dict[str, Any]) -> list[str]:
     return lines + ["", text + ".", ""]
 
 
+def augment_time_section(r: dict[str, Any]) -> list[str]:
+    """What the views cost of a pre-training step, image by image (torchvision) and batched (benchmarks/augment_time.py):
+    time spent making views is time the model does not train, and images per minute move quality at a fixed budget."""
+    lines = [
+        "### What the views cost of a step (image by image vs batched)",
+        "",
+        f"One step's views of {r['rows'][0]['batch_size']} Fashion-MNIST images for the bundled recipe "
+        f"(`training/configs/fmnist.yaml`) and with 2 local crops more, made by `MultiCropAugment` image by image "
+        f"(torchvision, the default) and batched (`batched_augment=true`), beside one optimizer step of the bundled "
+        f"recipe's model on them (every anchor in the update); medians, {_threads(r['torch_threads'])}. `{r['command']}`",
+        "",
+        *md_header("recipe", "views", "image by image", "batched", "optimizer step", "share of a step, image by image",
+                   "share, batched", "images per minute, batched"),
+    ]
+    for x in r["rows"]:
+        lines.append(md_row(x["recipe"], str(x["views"]), f"{x['loop_ms']:.0f} ms", f"{x['batched_ms']:.0f} ms",
+                            f"{x['step_ms']:.0f} ms", f"{x['loop_share']:.0%}", f"{x['batched_share']:.0%}",
+                            f"{x['images_per_minute_gain']:+.0%}"))
+    return [*lines, "", "![views vs training](benchmarks/results/augment_time.png)", ""]
+
+
 def precision_section(r: dict[str, Any]) -> list[str]:
     """Step time of a plain ViT in fp32 against bf16 and torch.compile (benchmarks/step_precision.py): is a cheaper
     step, the lever that buys images at a fixed budget, there on this CPU?"""
@@ -852,7 +873,8 @@ def build_section() -> str:
                      ("equal_compute", equal_compute_sections), ("derived_scalers", derived_section),
                      ("fit_vs_selection", fit_section),
                      ("load_time", load_time_section),
-                     ("train_overhead", overhead_section), ("step_precision", precision_section),
+                     ("train_overhead", overhead_section), ("augment_time", augment_time_section),
+                     ("step_precision", precision_section),
                      ("storage_cost", storage_section)):
         data = _load(name)
         parts += fn(data) if data else [f"_{name}: not run yet (`{RUN_COMMANDS.get(name, f'python benchmarks/{name}.py')}`)._", ""]

@@ -213,9 +213,12 @@ def load_image_tensors(spec: str, split: str, img_size: int, in_chans: int, imag
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 (N, C, H, W) -> normalized float32."""
-    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
-    std_t = torch.tensor(std).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - mean_t) / std_t
+    return standardize(images.float() / 255.0, mean, std)
+
+
+def standardize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Float (N, C, H, W) in [0, 1] -> (x - mean) / std per channel."""
+    return (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
 class MultiCropAugment:
@@ -228,13 +231,20 @@ class MultiCropAugment:
     ``erase_p`` > 0 also blanks a random rectangle of each global view (set to 0, the background
     of dark-background data such as Fashion-MNIST) with that probability: an occlusion the
     features must see past. At 0 it draws no random numbers, so views are as without it.
+    ``batched=True`` makes the same kinds of views for the whole batch at once
+    (:mod:`sweet_hub.batched_views`: same distributions, other random draws, float pixels), which
+    frees the time the per-image loop takes from each pre-training step.
     """
 
     def __init__(self, img_size: int, mean: tuple[float, ...], std: tuple[float, ...], n_global: int = 2, n_local: int = 0,
                  local_size: int | None = None, global_scale: tuple[float, float] = (0.35, 1.0),
                  local_scale: tuple[float, float] = (0.1, 0.35), jitter: float = 0.4, flip: bool = True,
-                 erase_p: float = 0.0, erase_scale: tuple[float, float] = (0.02, 0.25)) -> None:
+                 erase_p: float = 0.0, erase_scale: tuple[float, float] = (0.02, 0.25), batched: bool = False) -> None:
         self.mean, self.std = mean, std
+        self.batched = batched
+        self.sizes = (img_size, local_size or img_size // 2)
+        self.scales = (global_scale, local_scale)
+        self.jitter_strength, self.erase_p, self.erase_scale = jitter, erase_p, erase_scale
         self.n_global, self.n_local = n_global, n_local
         self.global_crop = v2.RandomResizedCrop(img_size, scale=global_scale, antialias=True)
         self.local_crop = v2.RandomResizedCrop(local_size or img_size // 2, scale=local_scale, antialias=True)
@@ -249,10 +259,34 @@ class MultiCropAugment:
     def crops_with_boxes(self, images: torch.Tensor, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """The views and, per global view, a (B, 5) tensor of each crop's top, left, height and
         width in source pixels and whether it was flipped (1) or not (0)."""
+        if self.batched:
+            return self._batched_crops_with_boxes(images, seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             globals_and_boxes = [self._views(self.global_crop, images, self.erase) for _ in range(self.n_global)]
             local_views = [self._views(self.local_crop, images)[0] for _ in range(self.n_local)]
+        return [v for v, _ in globals_and_boxes], local_views, [b for _, b in globals_and_boxes]
+
+    def _batched_crops_with_boxes(self, images: torch.Tensor,
+                                  seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`crops_with_boxes` for the whole batch at once (``batched=True``), every draw from one generator."""
+        from .batched_views import crop_boxes, erase_boxes, jitter, resized_crops
+
+        generator = torch.Generator().manual_seed(seed)
+        source = images.float() / 255.0
+        _, _, height, width = source.shape
+        ratio = self.global_crop.ratio
+
+        def views(size: int, scale: tuple[float, float], erase: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            boxes = crop_boxes(len(source), height, width, scale, ratio, generator)
+            flipped = torch.rand(len(source), generator=generator) < (self.flip.p if self.flip is not None else 0.0)
+            out = jitter(resized_crops(source, boxes, flipped, size), self.jitter_strength, self.jitter.p, generator)
+            if erase and self.erase_p > 0:
+                out = erase_boxes(out, self.erase_p, self.erase_scale, self.erase.ratio, generator)
+            return standardize(out, self.mean, self.std), torch.cat([boxes, flipped.long().unsqueeze(1)], dim=1)
+
+        globals_and_boxes = [views(self.sizes[0], self.scales[0], erase=True) for _ in range(self.n_global)]
+        local_views = [views(self.sizes[1], self.scales[1], erase=False)[0] for _ in range(self.n_local)]
         return [v for v, _ in globals_and_boxes], local_views, [b for _, b in globals_and_boxes]
 
     def _views(self, crop: v2.RandomResizedCrop, images: torch.Tensor,

@@ -268,6 +268,22 @@ def test_step_precision_small(tmp_path):
     assert not autocast and next(model.parameters()).dtype == torch.float32
 
 
+def test_augment_time_small(tmp_path):
+    """Both ways of making views are timed for both recipes beside a real optimizer step, and the README section reads them."""
+    import augment_time
+    import readme_table
+
+    result = augment_time.main(["--config", str(ROOT / "training" / "configs" / "tiny.yaml"), "--batch-size", "16",
+                                "--repeats", "2", "--step-repeats", "1", "--threads", "1", "--out", str(tmp_path / "a.json")])
+    assert [r["views"] for r in result["rows"]] == [2, 4]  # 2 global crops, then 2 local ones more
+    for row in result["rows"]:
+        assert row["loop_ms"] > 0 and row["batched_ms"] > 0 and row["step_ms"] > 0
+        assert row["loop_share"] == pytest.approx(row["loop_ms"] / (row["loop_ms"] + row["step_ms"]), abs=2e-3)
+    assert (tmp_path / "a.png").stat().st_size > 0
+    section = "\n".join(readme_table.augment_time_section(result))
+    assert "| bundled (2 global views) | 2 |" in section and "batched_augment=true" in section
+
+
 def test_compare_templates_small(tmp_path, template_dir):
     import compare_templates
     import readme_table

@@ -53,9 +53,10 @@ def test_tiny_pretraining_writes_a_template_with_card_and_metrics(tmp_path):
 
 
 def test_dense_term_pre_trains_end_to_end(tmp_path):
-    """pretrain.py with dense_weight: views come with their crop boxes and the loss reads their token matches."""
+    """pretrain.py with dense_weight: views come with their crop boxes and the loss reads their token matches (here
+    from the batched views, whose boxes the matches read the same way)."""
     out = tmp_path / "dense"
-    run([*PRETRAIN, f"output_dir={out}", "dense_weight=0.5", "max_steps=2", NO_EVAL])
+    run([*PRETRAIN, f"output_dir={out}", "dense_weight=0.5", "batched_augment=true", "max_steps=2", NO_EVAL])
     rows = (out / "train_log.csv").read_text().splitlines()
     assert len(rows) == 3 and float(rows[-1].split(",")[1]) > 0
     assert (out / "template" / "template.safetensors").is_file()
@@ -292,6 +293,7 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     ("dense_weight=1\ndense_largest_only=true", "only applies with sandwich=true and dense_weight > 0"),
     ("erase_p=2", "erase_p is a probability, in \\[0, 1\\]"),
     ("proj_norm=layer", "proj_norm='layer' is not one of"),
+    ("batched_augment=2", "batched_augment is true or false"),
     ("objective=vicreg", "objective='vicreg' is not one of"),
     ("objective=barlow\nteacher=ema", "objective=barlow compares the student's own views \\(teacher=none\\)"),
     ("barlow_lambda=-1", "barlow_lambda must be >= 0"),

@@ -115,6 +115,8 @@ class TrainConfig:
     global_scale: list[float] = _opt([0.35, 1.0], "RandomResizedCrop area range of global crops")
     local_scale: list[float] = _opt([0.1, 0.35], "RandomResizedCrop area range of local crops")
     jitter: float = _opt(0.4, "brightness/contrast jitter")
+    batched_augment: bool = _opt(False, "make each step's views for the whole batch at once (sweet_hub.batched_views: the same "
+                                        "distributions, other random draws) instead of image by image with torchvision")
     erase_p: float = _opt(0.0, "probability of blanking a random rectangle (2-25% of the area) of each global view (0: off)")
     width_scaling_p: float = _opt(0.5, "width-wise stochastic scaling: probability of a random width per step")
     width_scaling_max: int | None = _opt(None, "largest stochastic width (None: the largest anchor width)")
@@ -248,6 +250,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"temperature must be > 0, got {cfg.temperature}.")
     if cfg.recon_weight < 0:
         raise ConfigError(f"recon_weight must be >= 0 (0 turns the pixel term off), got {cfg.recon_weight}.")
+    if not isinstance(cfg.batched_augment, bool):
+        raise ConfigError(f"batched_augment is true or false, got {cfg.batched_augment!r}.")
     if not 0 <= cfg.erase_p <= 1:
         raise ConfigError(f"erase_p is a probability, in [0, 1], got {cfg.erase_p} (0 turns random erasing off).")
     if not 0 <= cfg.mask_ratio < 1:

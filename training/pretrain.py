@@ -274,7 +274,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     batches = StepBatches(len(data), cfg.batch_size // cfg.grad_accum, cfg.seed, accelerator.process_index, accelerator.num_processes)
     augment = MultiCropAugment(tcfg.img_size, tuple(tcfg.mean), tuple(tcfg.std), cfg.n_global, cfg.n_local,
                                cfg.local_size, tuple(cfg.global_scale), tuple(cfg.local_scale), cfg.jitter,
-                               erase_p=cfg.erase_p)
+                               erase_p=cfg.erase_p, batched=cfg.batched_augment)
     max_steps, ga = cfg.max_steps, cfg.grad_accum
     num_patches = (tcfg.img_size // tcfg.patch_size) ** 2
     budget = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
