@@ -27,8 +27,7 @@ from torch.func import functional_call
 from sweet_hub.distributed import gather_batches, global_mean_factors  # training scripts import gather_batches from here
 from training.config import OBJECTIVES
 
-__all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "TokenMatch", "apply_patch_masks", "barlow_loss",
-           "contrastive_loss",
+__all__ = ["EMATeacher", "FunctionalViT", "ProjectionHead", "TokenMatch", "apply_patch_masks", "barlow_loss", "contrastive_loss",
            "cosine_schedule", "gather_batches", "patchify", "pooled_and_tokens", "random_patch_masks", "set_lr", "token_matches"]
 
 
