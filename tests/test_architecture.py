@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sweet_hub"
 #: lowest floor first; a module may import any module listed before it
-FLOORS = ["errors", "config", "tucker", "decompose", "files", "data", "distributed", "knn", "card", "hub", "builder", "distill", "template", "cache",
+FLOORS = ["errors", "config", "tucker", "decompose", "files", "batched_views", "data", "distributed", "knn", "card", "hub", "builder", "distill", "template", "cache",
           "timm_models", "export", "fit", "cli"]
 
 
