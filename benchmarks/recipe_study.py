@@ -224,9 +224,6 @@ PLANS: dict[str, dict[str, Any]] = {
             "long3_v7_barlow": {**V3, "n_local": 0, "budget_fraction": 3, "proj_norm": "batch", "objective": "barlow"},
             "long3_v7_barlow_wide": {**V3, "n_local": 0, "budget_fraction": 3, "proj_norm": "batch", "objective": "barlow",
                                      "proj_hidden": 2048, "proj_dim": 1024},
-            # and the views made batch-wise (batched_augment: the same distributions, cheaper steps, so more images in the
-            # 36 min), on the same recipe
-            "long3_v7_batched": {**V3, "n_local": 0, "budget_fraction": 3, "proj_norm": "batch", "batched_augment": True},
         },
     },
     "quick": {
