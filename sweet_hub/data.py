@@ -242,9 +242,7 @@ class MultiCropAugment:
                  erase_p: float = 0.0, erase_scale: tuple[float, float] = (0.02, 0.25), batched: bool = False) -> None:
         self.mean, self.std = mean, std
         self.batched = batched
-        self.sizes = (img_size, local_size or img_size // 2)
-        self.scales = (global_scale, local_scale)
-        self.jitter_strength, self.erase_p, self.erase_scale = jitter, erase_p, erase_scale
+        self.jitter_strength = jitter
         self.n_global, self.n_local = n_global, n_local
         self.global_crop = v2.RandomResizedCrop(img_size, scale=global_scale, antialias=True)
         self.local_crop = v2.RandomResizedCrop(local_size or img_size // 2, scale=local_scale, antialias=True)
@@ -275,18 +273,18 @@ class MultiCropAugment:
         generator = torch.Generator().manual_seed(seed)
         source = images.float() / 255.0
         _, _, height, width = source.shape
-        ratio = self.global_crop.ratio
 
-        def views(size: int, scale: tuple[float, float], erase: bool) -> tuple[torch.Tensor, torch.Tensor]:
-            boxes = crop_boxes(len(source), height, width, scale, ratio, generator)
+        # the same settings as the per-image path: read from its transforms
+        def views(crop: v2.RandomResizedCrop, erase: v2.RandomErasing | None) -> tuple[torch.Tensor, torch.Tensor]:
+            boxes = crop_boxes(len(source), height, width, crop.scale, crop.ratio, generator)
             flipped = torch.rand(len(source), generator=generator) < (self.flip.p if self.flip is not None else 0.0)
-            out = jitter(resized_crops(source, boxes, flipped, size), self.jitter_strength, self.jitter.p, generator)
-            if erase and self.erase_p > 0:
-                out = erase_boxes(out, self.erase_p, self.erase_scale, self.erase.ratio, generator)
+            out = jitter(resized_crops(source, boxes, flipped, crop.size[0]), self.jitter_strength, self.jitter.p, generator)
+            if erase is not None:
+                out = erase_boxes(out, erase.p, erase.scale, erase.ratio, generator)
             return standardize(out, self.mean, self.std), torch.cat([boxes, flipped.long().unsqueeze(1)], dim=1)
 
-        globals_and_boxes = [views(self.sizes[0], self.scales[0], erase=True) for _ in range(self.n_global)]
-        local_views = [views(self.sizes[1], self.scales[1], erase=False)[0] for _ in range(self.n_local)]
+        globals_and_boxes = [views(self.global_crop, self.erase) for _ in range(self.n_global)]
+        local_views = [views(self.local_crop, None)[0] for _ in range(self.n_local)]
         return [v for v, _ in globals_and_boxes], local_views, [b for _, b in globals_and_boxes]
 
     def _views(self, crop: v2.RandomResizedCrop, images: torch.Tensor,
