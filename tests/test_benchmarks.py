@@ -348,6 +348,30 @@ def test_compare_templates_reuse(tmp_path, template_dir, monkeypatch):
                                 "--reuse", str(tmp_path / "bad.json")])
 
 
+def test_finetune_scale_small(tmp_path, template_dir):
+    import finetune_scale
+    import readme_table
+
+    from sweet_hub import SweetTemplate
+
+    result = finetune_scale.main(["--template", str(template_dir), "--sizes", "2x32", "--scales", "1", "2",
+                                  "--random-scales", "1", "2", "--seeds", "0", "1", "--steps", "3", "--labels", "40",
+                                  "--train-size", "300", "--test-size", "200", "--out", str(tmp_path / "fs.json")])
+    rows = {(r["init"], r["scale"]): r for r in result["rows"]}
+    assert set(rows) == {("template", 1.0), ("template", 2.0), ("random init", 1.0), ("random init", 2.0)}
+    assert all(0 <= r["mean"] <= 100 and len(r["scores"]) == 2 for r in rows.values())
+    assert result["protocol"]["queries"] == "held-out train images" and result["protocol"]["finetune_labels"] == 40
+    model = SweetTemplate.from_pretrained(template_dir).materialize(2, 32)
+    before = model.norm.weight.detach().clone()
+    doubled = finetune_scale.scaled(model, 2.0)
+    assert torch.equal(doubled.norm.weight, 2 * before) and torch.equal(model.norm.weight, before)  # a scaled copy
+    assert (tmp_path / "fs.png").stat().st_size > 0
+    section = "\n".join(readme_table.finetune_scale_section(result))
+    assert "| 2x32 | template |" in section and "| x1 | x2 |" in section and "at x1 2x32" in section
+    with pytest.raises(SystemExit):
+        finetune_scale.main(["--template", str(template_dir), "--scales", "0", "--out", str(tmp_path / "x.json")])
+
+
 def test_load_time_small(tmp_path, template_dir):
     import load_time
 

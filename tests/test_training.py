@@ -955,6 +955,14 @@ def test_evaluate_template_rejects_a_bad_size_before_reading_data(template_dir):
     assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_validation_protocol_fine_tunes_on_memory_images_and_never_on_a_query():
+    from training.evaluate import EvalProtocol
+
+    protocol = EvalProtocol("fashion_mnist", 28, 1, 300, 200, 50, holdout=True)
+    labelled, memory, queries = ({x.numpy().tobytes() for x in t.images} for t in (protocol.finetune_train, protocol.train, protocol.test))
+    assert len(protocol.finetune_train) == 50 and labelled <= memory and not labelled & queries
+
+
 def test_knn_on_separable_features_is_perfect():
     from training.evaluate import knn_accuracy, linear_probe
 

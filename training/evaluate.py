@@ -88,6 +88,7 @@ class EvalProtocol:
 
     ``holdout=True`` takes the "test" images from the train split instead, disjoint from the
     k-NN/probe subset: a validation protocol for choosing recipes without looking at the test set.
+    Its fine-tuning labels are then drawn from the k-NN/probe subset, so no query is ever trained on.
     """
 
     def __init__(self, data: str = "fashion_mnist", img_size: int = 28, in_chans: int = 1, train_size: int = 5000,
@@ -101,7 +102,8 @@ class EvalProtocol:
         else:
             self.train = full_train.subset(train_size, seed)
             self.test = full_test.subset(test_size, seed + 1)
-        self.finetune_train = full_train.subset(finetune_labels, seed + 2)
+        # with holdout, the labelled images come from the memory images, so they never include a query
+        self.finetune_train = (self.train if holdout else full_train).subset(finetune_labels, seed + 2)
         self.description = dict(data=data, train=len(self.train), test=len(self.test), finetune_labels=len(self.finetune_train),
                                 **({"queries": "held-out train images"} if holdout else {}))
 
