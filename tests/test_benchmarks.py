@@ -314,6 +314,40 @@ def test_compare_templates_small(tmp_path, template_dir):
         compare_templates.main(["--templates", str(template_dir), "--labels", "a", "b", "--out", str(tmp_path / "x.json")])
 
 
+def test_compare_templates_reuse(tmp_path, template_dir, monkeypatch):
+    import compare_templates
+    from conftest import make_template
+
+    import training.evaluate
+
+    calls = []
+    evaluate_model = training.evaluate.evaluate_model
+    monkeypatch.setattr(training.evaluate, "evaluate_model", lambda *a, **k: calls.append(1) or evaluate_model(*a, **k))
+    other = make_template(seed=1)
+    other.add_scalers(3, 48, other.scalers_for(3, 48), source="learned")  # stored unchanged: the derived reading is the same
+    other.save_pretrained(tmp_path / "other")
+    protocol = ["--sizes", "2x32", "3x48", "--train-size", "300", "--test-size", "200"]
+    first = compare_templates.main(["--templates", str(template_dir), *protocol, "--out", str(tmp_path / "a.json")])
+    assert len(calls) == 2 and all(len(r["weights_sha256"]) == 64 for r in first["templates"][0]["rows"])
+    calls.clear()
+    both = compare_templates.main(["--templates", str(template_dir), str(tmp_path / "other"), "--labels", "a", "b", *protocol,
+                                   "--out", str(tmp_path / "ab.json"), "--reuse", str(tmp_path / "a.json")])
+    assert len(calls) == 2  # b's two sizes; a is reused, and b's learned 3x48 is its derived tensors, scored once
+    assert both["templates"][0]["rows"] == first["templates"][0]["rows"]
+    learned = both["templates"][1]["rows"][1]
+    assert learned["derived_sha256"] == learned["weights_sha256"] and learned["knn_derived"] == learned["knn"]
+    assert "--reuse" not in both["command"]  # reused scores are what the plain command measures
+    calls.clear()
+    other_protocol = compare_templates.main(["--templates", str(template_dir), "--sizes", "2x32", "--train-size", "250",
+                                             "--test-size", "200", "--out", str(tmp_path / "c.json"),
+                                             "--reuse", str(tmp_path / "ab.json")])
+    assert len(calls) == 1 and other_protocol["templates"][0]["rows"][0]["knn"] is not None  # another protocol: measured
+    (tmp_path / "bad.json").write_text("not json")
+    with pytest.raises(SystemExit, match="--reuse"):
+        compare_templates.main(["--templates", str(template_dir), *protocol, "--out", str(tmp_path / "d.json"),
+                                "--reuse", str(tmp_path / "bad.json")])
+
+
 def test_load_time_small(tmp_path, template_dir):
     import load_time
 

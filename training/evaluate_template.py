@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["settings"] = settings
     results["scope"] = ("Weights as shipped (each size from its stored scalers, or derived ones), measured by "
                         "`training/evaluate_template.py`.")
-    results["command"] = "python training/evaluate_template.py " + " ".join(_without_reuse(argv if argv is not None else sys.argv[1:]))
+    results["command"] = "python training/evaluate_template.py " + " ".join(without_reuse(argv if argv is not None else sys.argv[1:]))
     results["reused_from"] = reused_from
     table = metrics_markdown(results)
     print(table)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def _without_reuse(argv: list[str]) -> list[str]:
+def without_reuse(argv: list[str]) -> list[str]:
     """The command line minus ``--reuse FILE ...``: reused rows equal what the plain command measures (same weights,
     same settings), so the recorded command is the one that reproduces every row."""
     out, skipping = [], False
