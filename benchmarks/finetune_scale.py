@@ -90,13 +90,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def plot(result: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for spec in dict.fromkeys(r["size"] for r in result["rows"]):
-        for init, style in (("template", "-o"), ("random init", "--s")):
+    for i, spec in enumerate(dict.fromkeys(r["size"] for r in result["rows"])):
+        for init, style in (("template", "-o"), ("random init", "--s")):  # one colour per size, dashed: random init
             rows = [r for r in result["rows"] if r["size"] == spec and r["init"] == init]
             if rows:
                 ax.errorbar([r["scale"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows], fmt=style,
-                            capsize=3, label=f"{spec} {init}")
-    ax.set_xscale("log", base=2)
+                            color=f"C{i}", capsize=3, label=f"{spec} {init}")
+    ax.set_xticks(sorted({r["scale"] for r in result["rows"]}))
     finish(fig, ax, path, legend_loc="lower right", xlabel="pooled-feature scale (final norm weight and bias x factor)",
            ylabel="fine-tuned accuracy (%), validation", title=f"few-label fine-tuning ({result['protocol']['finetune_labels']} "
            f"labels, {result['steps']} steps) vs feature scale")
