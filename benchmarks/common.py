@@ -40,12 +40,14 @@ def add_validation_arguments(parser) -> None:
     parser.add_argument("--test-size", type=int, default=2000, help="queries: other train images (the test split is never read)")
 
 
-def validation_protocol(cfg, args):
+def validation_protocol(cfg, args, finetune_labels: int = 1):
     """The validation protocol of a template config ``cfg`` at ``--train-size`` / ``--test-size``: queries are
-    held-out train images, so choosing a recipe or a read-out never looks at the test split."""
+    held-out train images, so choosing a recipe or a read-out never looks at the test split (``finetune_labels``
+    labelled images are drawn from the memory bank)."""
     from training.evaluate import EvalProtocol
 
-    return EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, args.train_size, args.test_size, 1, holdout=True)
+    return EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, args.train_size, args.test_size, finetune_labels,
+                        holdout=True)
 
 
 def save_result(result: dict[str, Any], out: str | Path, plot: Callable[[dict[str, Any], Path], None] | None) -> Path:

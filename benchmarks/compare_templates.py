@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"template '{label}' reads {t.config.in_chans}x{t.config.img_size}px images, the first one "
                          f"{first.in_chans}x{first.img_size}px: compare templates of the same input")
     protocol = validation_protocol(first, args)
-    known = reusable_scores(args.reuse, json.loads(json.dumps(protocol.description)))
+    known = reusable_scores(args.reuse, protocol.description)
     entries = []
     for label, path, template in zip(labels, args.templates, templates):
         print(f"[compare] {label}: {path}", flush=True)

@@ -22,7 +22,17 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, add_template_argument, command, finish, load_template, pyplot, save_result
+from common import (
+    RESULTS,
+    add_template_argument,
+    add_validation_arguments,
+    command,
+    finish,
+    load_template,
+    pyplot,
+    save_result,
+    validation_protocol,
+)
 
 
 def scaled(model, factor: float):
@@ -37,10 +47,9 @@ def scaled(model, factor: float):
 
 
 def finetune_scores(model, factor: float, protocol, cfg, steps: int, seeds: list[int]) -> dict[str, Any]:
-    from training.evaluate import finetune
+    from training.evaluate import finetune_seed_scores
 
-    scores = [finetune(scaled(model, factor), protocol.finetune_train, protocol.test, cfg.mean, cfg.std, steps=steps, seed=seed)
-              for seed in seeds]
+    scores = finetune_seed_scores(scaled(model, factor), protocol, cfg.mean, cfg.std, steps, seeds)
     return {"mean": round(statistics.mean(scores), 2), "std": round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0,
             "scores": [round(s, 2) for s in scores]}
 
@@ -54,8 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=100, help="fine-tuning steps (the README's protocol: 100)")
     parser.add_argument("--labels", type=int, default=600, help="labelled images (the README's protocol: 600)")
-    parser.add_argument("--train-size", type=int, default=5000, help="memory images the labelled ones are drawn from")
-    parser.add_argument("--test-size", type=int, default=2000, help="held-out train images scored")
+    add_validation_arguments(parser)  # the labelled images are drawn from the memory bank
     parser.add_argument("--out", default=str(RESULTS / "finetune_scale.json"))
     args = parser.parse_args(argv)
     if any(f <= 0 for f in [*args.scales, *args.random_scales]):
@@ -64,12 +72,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from sweet_hub.config import parse_size
-    from training.evaluate import EvalProtocol
     from training.report import random_vit
 
     template, label = load_template(args.template)
     cfg = template.config
-    protocol = EvalProtocol("fashion_mnist", cfg.img_size, cfg.in_chans, args.train_size, args.test_size, args.labels, holdout=True)
+    protocol = validation_protocol(cfg, args, finetune_labels=args.labels)
     rows = []
     for spec in args.sizes:
         depth, width = parse_size(spec)

@@ -74,10 +74,15 @@ def finetune(model: nn.Module, train: ImageTensors, test: ImageTensors, mean, st
     return 100.0 * (preds == test.labels).float().mean().item()
 
 
+def finetune_seed_scores(model: nn.Module, protocol: EvalProtocol, mean, std, steps: int, seeds: list[int]) -> list[float]:
+    """Test accuracy of few-label fine-tuning of a copy of ``model`` per seed (``model`` is left as it is)."""
+    return [finetune(copy.deepcopy(model), protocol.finetune_train, protocol.test, mean, std, steps=steps, seed=seed) for seed in seeds]
+
+
 def finetune_over_seeds(model: nn.Module, protocol: EvalProtocol, mean, std, steps: int, seeds: list[int]) -> dict[str, float]:
     """Few-label fine-tuning of copies of ``model`` (one per seed; ``model`` is left as it is):
     mean and sample std of the test accuracy, since one run of 100 steps on 600 labels swings by ~1 point."""
-    scores = [finetune(copy.deepcopy(model), protocol.finetune_train, protocol.test, mean, std, steps=steps, seed=seed) for seed in seeds]
+    scores = finetune_seed_scores(model, protocol, mean, std, steps, seeds)
     return {"finetune_mean": round(statistics.mean(scores), 2),
             "finetune_std": round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0, "finetune_seeds": len(scores)}
 
