@@ -413,10 +413,20 @@ def test_seed_reruns_every_pretraining_with_its_seed_in_its_own_cache(tmp_path, 
 
 
 def test_readme_table_renders_existing_results():
+    """Each results file has a section in exactly one document, and the committed READMEs are what it renders."""
+    import re
+
     import readme_table
 
-    section = readme_table.build_section()
-    assert section.startswith("## Results")
+    names = [name for _, _, sections in readme_table.DOCUMENTS.values() for name, _ in sections]
+    assert len(names) == len(set(names))
+    for document in readme_table.DOCUMENTS:
+        section = readme_table.build_section(document)
+        assert section.startswith(readme_table.DOCUMENTS[document][0]) and "not run yet" not in section
+        committed = (ROOT / document).read_text()
+        start, end = re.escape(readme_table.START), re.escape(readme_table.END)
+        assert re.search(start + r"\n(.*?)" + end, committed, flags=re.DOTALL).group(1) == section, (
+            f"{document} is stale: run python benchmarks/readme_table.py")
 
 
 def test_recipe_budget_shares_name_shorter_and_longer_budgets():
