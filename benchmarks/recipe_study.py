@@ -226,6 +226,13 @@ PLANS: dict[str, dict[str, Any]] = {
                                      "proj_hidden": 2048, "proj_dim": 1024},
             # round 37 read: Barlow Twins scores lower k-NN at 7 of 8 sizes (mean -1.25, probe -0.5), wide at 8 of 8 (-1.6,
             # probe -1.5): not a lever at this budget; InfoNCE stays
+            # round 38: every recipe knob measured leaves the 110-min anchors at 80.5-81.5; the lever named next is more tokens
+            # per image. Patch 4 (49 tokens) at 3x the budget, beside the v5 recipe re-run at the same time (equal time) and
+            # at a third of it (12 min: about the images patch 4 sees in 36 min), all on the same machine: is a token worth
+            # its cost per image, and how far is it from paying at equal time?
+            "long3_v5_patch4": {**V3, "n_local": 0, "budget_fraction": 3, "template.patch_size": 4},
+            "v3_nolocal_rerun": {**V3, "n_local": 0},
+            "long3_v5_rerun2": {**V3, "n_local": 0, "budget_fraction": 3},
         },
     },
     "quick": {
