@@ -721,6 +721,11 @@ def _of_it(share: Fraction) -> str:
     return "all of it" if share == 1 else str(share)
 
 
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" and {items[-1]}"
+
+
 def _budget_shares(r: dict[str, Any]) -> str:
     """Which variants got only part of the budget: per-size runs of one anchor (three trained one by one share it), and
     phases chained with ``initial_from`` (a later phase's row counts the phases before it)."""
@@ -728,8 +733,12 @@ def _budget_shares(r: dict[str, Any]) -> str:
     share = lambda v: Fraction(v["changes"].get("budget_fraction", 1)).limit_denominator(12)
     later = {name: v["changes"]["initial_from"] for name, v in variants.items() if "initial_from" in v["changes"]}
     phases = set(later) | set(later.values())
-    single = [f"`{name}` gets {share(v)} of it" for name, v in variants.items() if share(v) < 1 and name not in phases]
-    longer = [f"`{name}` gets {share(v)} times it" for name, v in variants.items() if share(v) > 1 and name not in phases]
+    by_share: dict[Fraction, list[str]] = {}
+    for name, v in variants.items():
+        if name not in phases and share(v) != 1:
+            by_share.setdefault(share(v), []).append(f"`{name}`")
+    single = [f"{_and(names)} {'gets' if len(names) == 1 else 'get'} {s} of it" for s, names in by_share.items() if s < 1]
+    longer = [f"{_and(names)} {'gets' if len(names) == 1 else 'get'} {s} times it" for s, names in by_share.items() if s > 1]
     chained = [f"`{name}` starts from `{parent}`'s template and trains for {share(variants[name])} of the budget after "
                f"{_of_it(share(variants[parent]))} in `{parent}` (its row counts both)"
                for name, parent in later.items()]

@@ -437,6 +437,9 @@ def test_recipe_budget_shares_name_shorter_and_longer_budgets():
     text = readme_table._budget_shares({"variants": variants})
     assert "`one_anchor` gets 1/3 of it, as one of three anchors" in text
     assert "`long` gets 3 times it, to see whether a lead grows with the budget" in text and "`base`" not in text
+    variants |= {"long_s1": {"changes": {"budget_fraction": 3}}, "long_s2": {"changes": {"budget_fraction": 3}}}
+    text = readme_table._budget_shares({"variants": variants})  # variants with one share are named once, together
+    assert "`long`, `long_s1` and `long_s2` get 3 times it, to see whether" in text and text.count("times it") == 1
 
 
 def test_soak_samples_rss_per_load(tmp_path):
