@@ -93,10 +93,14 @@ def pyplot():
 
 
 def finish(fig, ax, path: Path, legend_loc: str = "best", grid_axis: str = "both", **labels: str) -> None:
-    """Label, legend, grid and save a figure, then close it."""
+    """Label, legend (``legend_loc="outside"``: to the right of the axes, for many series), grid and save a figure,
+    then close it."""
     plt = pyplot()
     ax.set(**labels)
-    ax.legend(loc=legend_loc)
+    if legend_loc == "outside":
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    else:
+        ax.legend(loc=legend_loc)
     ax.grid(axis=grid_axis, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -557,35 +557,41 @@ def readout_section(r: dict[str, Any]) -> list[str]:
 
 
 def finetune_scale_section(r: dict[str, Any]) -> list[str]:
-    """Few-label fine-tuning against the scale of the pooled features (benchmarks/finetune_scale.py): how much of the
-    fine-tuning column is the protocol's fresh head rather than the initialization."""
+    """Few-label fine-tuning against the scale of the pooled features and with a warm-started head
+    (benchmarks/finetune_scale.py): how much of the fine-tuning column is the protocol's fresh head rather than the
+    initialization."""
     rows = r["rows"]
-    scales = sorted({x["scale"] for x in rows})
-    cell = {(x["size"], x["init"], x["scale"]): x for x in rows}
+    columns = sorted({(x.get("head", "fresh") == "probe", x["scale"]) for x in rows})  # fresh heads first, by scale
+    cell = {(x["size"], x["init"], x.get("head", "fresh") == "probe", x["scale"]): x for x in rows}
+    commands = " and ".join(f"`{c}`" for c in r.get("commands", [r["command"]]))
     lines = [
-        "### How much of fine-tuning is the fresh head? (feature scale)",
+        "### How much of fine-tuning is the fresh head? (feature scale, warm-started head)",
         "",
         f"The fine-tuning protocol ({r['protocol']['finetune_labels']} labels, {r['steps']} AdamW steps, a fresh linear head) "
         f"with every pooled feature multiplied by a factor (the final norm's weight and bias): under AdamW the factor is "
         f"how fast the new head's logits move against how far the backbone drifts while the head is still random. "
-        f"Validation protocol: the labelled images come from the memory images, the {r['protocol']['test']} queries are "
-        f"other train images; mean +- std over seeds {', '.join(map(str, r['seeds']))}. `{r['command']}`",
+        f"'probe head': the head starts at the linear probe of the frozen features on the same labelled images instead "
+        f"(linear probing, then fine-tuning). Validation protocol: the labelled images come from the memory images, the "
+        f"{r['protocol']['test']} queries are other train images; mean +- std over seeds {', '.join(map(str, r['seeds']))}. "
+        f"{commands}",
         "",
-        *md_header("size", "init", *[f"x{s:g}" for s in scales]),
+        *md_header("size", "init", *[f"x{s:g}" + (", probe head" if probe else "") for probe, s in columns]),
     ]
     sizes = list(dict.fromkeys(x["size"] for x in rows))
+    inits = ("template", "random init")
     for size in sizes:
-        for init in ("template", "random init"):
-            if any((size, init, s) in cell for s in scales):
-                lines.append(md_row(size, init, *[f"{cell[size, init, s]['mean']:.1f} +- {cell[size, init, s]['std']:.1f}"
-                                                  if (size, init, s) in cell else "-" for s in scales]))
-    common = [s for s in scales if all((size, init, s) in cell for size in sizes for init in ("template", "random init"))]
-    if 1.0 in common:
-        def gaps(s: float) -> str:
-            return ", ".join(f"{size} {cell[size, 'template', s]['mean'] - cell[size, 'random init', s]['mean']:+.1f}"
+        for init in inits:
+            if any((size, init, *c) in cell for c in columns):
+                lines.append(md_row(size, init, *[f"{cell[(size, init, *c)]['mean']:.1f} +- {cell[(size, init, *c)]['std']:.1f}"
+                                                  if (size, init, *c) in cell else "-" for c in columns]))
+    common = [c for c in columns if all((size, init, *c) in cell for size in sizes for init in inits)]
+    if (False, 1.0) in common:
+        def gaps(c: tuple[bool, float]) -> str:
+            return ", ".join(f"{size} {cell[(size, 'template', *c)]['mean'] - cell[(size, 'random init', *c)]['mean']:+.1f}"
                              for size in sizes)
 
-        lines += ["", "Template minus random init: " + "; ".join(f"at x{s:g} {gaps(s)}" for s in common) + "."]
+        lines += ["", "Template minus random init: " + "; ".join(
+            f"at x{s:g}{' with a probe head' if probe else ''} {gaps((probe, s))}" for probe, s in common) + "."]
     return lines + ["", "![fine-tuning vs feature scale](benchmarks/results/finetune_scale.png)", ""]
 
 

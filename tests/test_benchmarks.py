@@ -372,6 +372,36 @@ def test_finetune_scale_small(tmp_path, template_dir):
     assert "| 2x32 | template |" in section and "| x1 | x2 |" in section and "at x1 2x32" in section
     with pytest.raises(SystemExit):
         finetune_scale.main(["--template", str(template_dir), "--scales", "0", "--out", str(tmp_path / "x.json")])
+    # a warm-started head, merged into the same file: the fresh rows stay, the new ones get their own column
+    small = ["--template", str(template_dir), "--sizes", "2x32", "--seeds", "0", "1", "--steps", "3", "--labels", "40",
+             "--train-size", "300", "--test-size", "200", "--out", str(tmp_path / "fs.json")]
+    warm = finetune_scale.main([*small, "--head", "probe", "--scales", "1", "--random-scales", "1", "--merge"])
+    heads = {(r["init"], r["scale"], r.get("head")) for r in warm["rows"]}
+    assert ("template", 1.0, "probe") in heads and ("random init", 2.0, "fresh") in heads and len(heads) == 6
+    assert len(warm["commands"]) == 2 and "--head probe" in warm["commands"][1]
+    section = "\n".join(readme_table.finetune_scale_section(warm))
+    assert "| x1 | x2 | x1, probe head |" in section and "at x1 with a probe head 2x32" in section
+    with pytest.raises(SystemExit, match="another seeds"):  # other seeds would not compare with the stored rows
+        finetune_scale.main([*small[:-6], "--seeds", "0", "--steps", "3", "--labels", "40", "--train-size", "300",
+                             "--test-size", "200", "--out", str(tmp_path / "fs.json"), "--head", "probe", "--scales", "1",
+                             "--random-scales", "1", "--merge"])
+
+
+def test_probe_head_is_the_linear_probe_on_raw_features():
+    """The warm-start head folds the probe's standardization into its weights: same predictions as the probe."""
+    from training.evaluate import _fit_probe, finetune, linear_probe, probe_head
+
+    gen = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(200, 16, generator=gen) * 3 + 5, torch.randint(0, 4, (200,), generator=gen)
+    test = torch.randn(100, 16, generator=gen) * 3 + 5
+    clf, mean, std = _fit_probe(feats, labels, 300, 0.01, 1e-4, seed=0)
+    head = probe_head(feats, labels, seed=0)
+    with torch.no_grad():
+        assert torch.allclose(head(test), clf((test - mean) / std), atol=1e-4)
+    test_labels = clf((test - mean) / std).argmax(1).detach()
+    assert linear_probe(feats, labels, test, test_labels) == 100.0  # the probe agrees with itself
+    with pytest.raises(ValueError, match="choose one of fresh, probe"):
+        finetune(torch.nn.Linear(2, 2), None, None, 0, 1, head_init="linear")
 
 
 def test_load_time_small(tmp_path, template_dir):

@@ -29,15 +29,15 @@ from training.data import ImageTensors, load_image_tensors, normalize
 from training.selfsup import cosine_schedule, set_lr
 
 __all__ = ["EvalProtocol", "evaluate_model", "extract_features", "finetune", "knn_accuracy", "linear_probe", "pixel_baselines",
-           "raw_pixel_knn"]
+           "probe_head", "raw_pixel_knn"]
 
 
-def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
-                 epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-4, seed: int = 0) -> float:
-    """Logistic regression on standardized frozen features (full-batch AdamW); accuracy in %."""
+def _fit_probe(train_feats: Tensor, train_labels: Tensor, epochs: int, lr: float, weight_decay: float,
+               seed: int) -> tuple[nn.Linear, Tensor, Tensor]:
+    """Logistic regression on standardized frozen features (full-batch AdamW): the classifier, mean and std."""
     torch.manual_seed(seed)
     mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
-    xtr, xte = (train_feats - mean) / std, (test_feats - mean) / std
+    xtr = (train_feats - mean) / std
     num_classes = int(train_labels.max()) + 1
     clf = nn.Linear(xtr.shape[1], num_classes)
     opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
@@ -45,16 +45,44 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
         opt.zero_grad()
         F.cross_entropy(clf(xtr), train_labels).backward()
         opt.step()
+    return clf, mean, std
+
+
+def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
+                 epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-4, seed: int = 0) -> float:
+    """Logistic regression on standardized frozen features (full-batch AdamW); accuracy in %."""
+    clf, mean, std = _fit_probe(train_feats, train_labels, epochs, lr, weight_decay, seed)
     with torch.no_grad():
-        return 100.0 * (clf(xte).argmax(1) == test_labels).float().mean().item()
+        return 100.0 * (clf((test_feats - mean) / std).argmax(1) == test_labels).float().mean().item()
+
+
+def probe_head(train_feats: Tensor, train_labels: Tensor, seed: int = 0) -> nn.Linear:
+    """The linear probe as one layer on the raw features (its standardization folded into the weights): a head that
+    starts where the frozen features already classify, for fine-tuning that does not begin from a random head."""
+    clf, mean, std = _fit_probe(train_feats, train_labels, 300, 0.01, 1e-4, seed)
+    head = nn.Linear(clf.in_features, clf.out_features)
+    with torch.no_grad():
+        head.weight.copy_(clf.weight / std)
+        head.bias.copy_(clf.bias - head.weight @ mean)
+    return head
+
+
+HEAD_INITS = ("fresh", "probe")
 
 
 def finetune(model: nn.Module, train: ImageTensors, test: ImageTensors, mean, std, steps: int = 200, batch_size: int = 64,
-             lr: float = 5e-4, weight_decay: float = 0.05, seed: int = 0) -> float:
-    """Fine-tune the whole model (a fresh linear head) on a few labelled images; test accuracy in %."""
+             lr: float = 5e-4, weight_decay: float = 0.05, seed: int = 0, head_init: str = "fresh") -> float:
+    """Fine-tune the whole model on a few labelled images; test accuracy in %. The new linear head starts at timm's
+    init (``head_init="fresh"``, the README's protocol) or at the linear probe of the frozen features on the same
+    labelled images (``"probe"``: linear probing, then fine-tuning), so the backbone is not pulled by a random head."""
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"head_init={head_init!r}: choose one of {', '.join(HEAD_INITS)}")
     torch.manual_seed(seed)
     num_classes = int(train.labels.max()) + 1
     model.reset_classifier(num_classes)
+    if head_init == "probe":
+        model.get_classifier().load_state_dict(probe_head(extract_features(model, train.images, mean, std), train.labels,
+                                                          seed=seed).state_dict())
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -74,9 +102,11 @@ def finetune(model: nn.Module, train: ImageTensors, test: ImageTensors, mean, st
     return 100.0 * (preds == test.labels).float().mean().item()
 
 
-def finetune_seed_scores(model: nn.Module, protocol: EvalProtocol, mean, std, steps: int, seeds: list[int]) -> list[float]:
+def finetune_seed_scores(model: nn.Module, protocol: EvalProtocol, mean, std, steps: int, seeds: list[int],
+                         head_init: str = "fresh") -> list[float]:
     """Test accuracy of few-label fine-tuning of a copy of ``model`` per seed (``model`` is left as it is)."""
-    return [finetune(copy.deepcopy(model), protocol.finetune_train, protocol.test, mean, std, steps=steps, seed=seed) for seed in seeds]
+    return [finetune(copy.deepcopy(model), protocol.finetune_train, protocol.test, mean, std, steps=steps, seed=seed,
+                     head_init=head_init) for seed in seeds]
 
 
 def finetune_over_seeds(model: nn.Module, protocol: EvalProtocol, mean, std, steps: int, seeds: list[int]) -> dict[str, float]:
