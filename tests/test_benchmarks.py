@@ -382,9 +382,7 @@ def test_finetune_scale_small(tmp_path, template_dir):
     section = "\n".join(readme_table.finetune_scale_section(warm))
     assert "| x1 | x2 | x1, probe head |" in section and "at x1 with a probe head 2x32" in section
     with pytest.raises(SystemExit, match="another seeds"):  # other seeds would not compare with the stored rows
-        finetune_scale.main([*small[:-6], "--seeds", "0", "--steps", "3", "--labels", "40", "--train-size", "300",
-                             "--test-size", "200", "--out", str(tmp_path / "fs.json"), "--head", "probe", "--scales", "1",
-                             "--random-scales", "1", "--merge"])
+        finetune_scale.main([*small, "--seeds", "0", "--head", "probe", "--scales", "1", "--random-scales", "1", "--merge"])
 
 
 def test_probe_head_is_the_linear_probe_on_raw_features():
@@ -394,7 +392,7 @@ def test_probe_head_is_the_linear_probe_on_raw_features():
     gen = torch.Generator().manual_seed(0)
     feats, labels = torch.randn(200, 16, generator=gen) * 3 + 5, torch.randint(0, 4, (200,), generator=gen)
     test = torch.randn(100, 16, generator=gen) * 3 + 5
-    clf, mean, std = _fit_probe(feats, labels, 300, 0.01, 1e-4, seed=0)
+    clf, mean, std = _fit_probe(feats, labels, seed=0)
     head = probe_head(feats, labels, seed=0)
     with torch.no_grad():
         assert torch.allclose(head(test), clf((test - mean) / std), atol=1e-4)

@@ -32,8 +32,8 @@ __all__ = ["EvalProtocol", "evaluate_model", "extract_features", "finetune", "kn
            "probe_head", "raw_pixel_knn"]
 
 
-def _fit_probe(train_feats: Tensor, train_labels: Tensor, epochs: int, lr: float, weight_decay: float,
-               seed: int) -> tuple[nn.Linear, Tensor, Tensor]:
+def _fit_probe(train_feats: Tensor, train_labels: Tensor, epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-4,
+               seed: int = 0) -> tuple[nn.Linear, Tensor, Tensor]:
     """Logistic regression on standardized frozen features (full-batch AdamW): the classifier, mean and std."""
     torch.manual_seed(seed)
     mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
@@ -48,10 +48,10 @@ def _fit_probe(train_feats: Tensor, train_labels: Tensor, epochs: int, lr: float
     return clf, mean, std
 
 
-def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
-                 epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-4, seed: int = 0) -> float:
-    """Logistic regression on standardized frozen features (full-batch AdamW); accuracy in %."""
-    clf, mean, std = _fit_probe(train_feats, train_labels, epochs, lr, weight_decay, seed)
+def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor, **settings: Any) -> float:
+    """Logistic regression on standardized frozen features (full-batch AdamW); accuracy in %. ``settings``: ``epochs``
+    (300), ``lr`` (0.01), ``weight_decay`` (1e-4), ``seed`` (0), the ones ``probe_head`` fits with too."""
+    clf, mean, std = _fit_probe(train_feats, train_labels, **settings)
     with torch.no_grad():
         return 100.0 * (clf((test_feats - mean) / std).argmax(1) == test_labels).float().mean().item()
 
@@ -59,7 +59,7 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
 def probe_head(train_feats: Tensor, train_labels: Tensor, seed: int = 0) -> nn.Linear:
     """The linear probe as one layer on the raw features (its standardization folded into the weights): a head that
     starts where the frozen features already classify, for fine-tuning that does not begin from a random head."""
-    clf, mean, std = _fit_probe(train_feats, train_labels, 300, 0.01, 1e-4, seed)
+    clf, mean, std = _fit_probe(train_feats, train_labels, seed=seed)
     head = nn.Linear(clf.in_features, clf.out_features)
     with torch.no_grad():
         head.weight.copy_(clf.weight / std)
